@@ -1,0 +1,24 @@
+"""The `matryoshka` command: one module per verb, registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from matryoshka.cli.demo import demo
+from matryoshka.cli.encode import encode
+from matryoshka.cli.models import models
+
+app = typer.Typer(
+    name="matryoshka",
+    help="Matryoshka (nested) text embeddings at any dimension.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(encode)
+app.command()(models)
+app.command()(demo)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,42 @@
+"""`matryoshka encode`: texts in, a .npy (or .npz for int8 codes with their ranges) out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from matryoshka.cli._common import user_errors
+from matryoshka.datasets import read_texts
+from matryoshka.encoder import Encoder
+from matryoshka.errors import MatryoshkaError
+from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes
+
+
+@user_errors
+def encode(
+    input: Path = typer.Argument(..., help="Text file (one text per line) or JSONL with a text field."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output .npy (int8 codes go to .npz with their ranges)."
+    ),
+    dim: int | None = typer.Option(None, "--dim", "-d", help="Prefix dimension (default: the full dim)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model name or directory."),
+    precision: str = typer.Option("float32", "--precision", "-p", help=f"One of {', '.join(PRECISIONS)}."),
+    field: str = typer.Option("text", "--field", help="JSONL field holding the text."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+) -> None:
+    """Encode texts at any dimension and precision."""
+    if precision not in PRECISIONS:
+        raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    encoder = Encoder(model, batch_size=batch_size)
+    dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
+    texts = read_texts(input, field)
+    result = encoder.encode(texts, dim=dim, precision=precision)
+    if isinstance(result, Int8Codes):
+        written = result.save(out)
+    else:
+        array = result.bits if isinstance(result, BinaryCodes) else result
+        np.save(out, array)
+        written = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+    typer.echo(f"encoded {len(texts)} texts at {dim} dims ({precision}) -> {written}", err=True)

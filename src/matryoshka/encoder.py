@@ -1,0 +1,135 @@
+"""Encoder: one forward pass at the model's full dimension, any prefix out of it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from matryoshka.dims import truncate, validate_dim
+from matryoshka.errors import MatryoshkaError
+from matryoshka.models import ModelInfo, resolve_model
+from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes, to_binary, to_int8
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+Embeddings = np.ndarray | Int8Codes | BinaryCodes
+PROGRESS_MIN_TEXTS = 1000  # inputs at least this long get a progress bar
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Encoder:
+    """Encode texts at any prefix of a model's output, in float32, float16, int8 or binary.
+
+    Args:
+        model: a built-in model name, a name under ``models/``, or a sentence-transformers directory.
+        device: ``"cpu"``, ``"cuda"``...; the GPU when present by default.
+        batch_size: texts per forward pass (batches are formed after sorting texts by length).
+        show_progress: force the progress bar on or off; by default it shows on long inputs.
+
+    Example:
+        >>> encoder = Encoder()
+        >>> encoder.encode(["a cat on a mat"], dim=64).shape
+        (1, 64)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+    ) -> None:
+        self.info: ModelInfo = resolve_model(model)
+        self.device = device or _default_device()
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._model: SentenceTransformer | None = None
+
+    @property
+    def full_dim(self) -> int:
+        return self.info.full_dim
+
+    @property
+    def model(self) -> SentenceTransformer:
+        """The sentence-transformers model, loaded from disk on first use."""
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+            self._model = SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
+        return self._model
+
+    def check_dim(self, dim: int | None) -> int:
+        """Validate ``dim`` against the model (``None`` means the full dim)."""
+        return self.full_dim if dim is None else validate_dim(dim, self.full_dim, self.info.supported_dims)
+
+    def encode_full(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm float32 embeddings at the full dimension: the single forward pass everything uses."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.full_dim), dtype=np.float32)
+        if not all(isinstance(text, str) for text in texts):
+            raise MatryoshkaError("every input must be a string")
+        progress = self.show_progress if self.show_progress is not None else len(texts) >= PROGRESS_MIN_TEXTS
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True
+        )
+        return truncate(np.asarray(vectors, dtype=np.float32))
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        dim: int | None = None,
+        precision: str = "float32",
+        int8_ranges: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Embeddings:
+        """Embeddings of ``texts`` at ``dim`` (re-normalised prefix) in ``precision``.
+
+        A single string gives one vector (1-D for floats). Int8 ranges are calibrated on these
+        texts unless ``int8_ranges`` (from :func:`matryoshka.quantize.calibrate_int8`) is given.
+        """
+        single = isinstance(texts, str)
+        result = self.encode_many([texts] if single else texts, [dim], precision, int8_ranges)[
+            self.check_dim(dim)
+        ]
+        return result[0] if single and isinstance(result, np.ndarray) else result
+
+    def encode_many(
+        self,
+        texts: Sequence[str],
+        dims: Sequence[int | None],
+        precision: str = "float32",
+        int8_ranges: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict[int, Embeddings]:
+        """Every requested prefix of ``texts`` from one forward pass, keyed by dim."""
+        if precision not in PRECISIONS:
+            raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        checked = [self.check_dim(dim) for dim in dims]
+        full = self.encode_full(texts)
+        return {dim: convert_precision(truncate(full, dim), precision, int8_ranges) for dim in checked}
+
+
+def convert_precision(
+    vectors: np.ndarray, precision: str, int8_ranges: tuple[np.ndarray, np.ndarray] | None = None
+) -> Embeddings:
+    """Unit-norm float32 vectors in the requested storage precision."""
+    if precision == "float32":
+        return vectors
+    if precision == "float16":
+        return vectors.astype(np.float16)
+    if precision == "int8":
+        return to_int8(vectors, int8_ranges)
+    if precision == "binary":
+        return to_binary(vectors)
+    raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")

@@ -1,0 +1,1 @@
+"""Evaluation: quality, retention and cost of every prefix dimension."""
