@@ -59,6 +59,11 @@ class Encoder:
         return self.info.full_dim
 
     @property
+    def fingerprint(self) -> str:
+        """Identifies the vectors this encoder produces (model files; later also backend and adapter)."""
+        return self.info.fingerprint
+
+    @property
     def model(self) -> SentenceTransformer:
         """The sentence-transformers model, loaded from disk on first use."""
         if self._model is None:

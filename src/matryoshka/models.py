@@ -7,6 +7,7 @@ configs, and every prefix counts as supported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from matryoshka.errors import MatryoshkaError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 METADATA_FILE = "matryoshka.json"
+SMALL_FILE_BYTES = 1 << 20
 
 
 def _bundled_minilm() -> Path:
@@ -38,6 +40,17 @@ class ModelInfo:
     full_dim: int
     supported_dims: tuple[int, ...] | None = None  # None: every prefix 1..full_dim
     extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the model's files change: file names and sizes, and the content of the small ones."""
+        digest = hashlib.sha256()
+        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            size = file.stat().st_size
+            digest.update(f"{file.relative_to(self.path)}:{size}".encode())
+            if size < SMALL_FILE_BYTES:
+                digest.update(file.read_bytes())
+        return digest.hexdigest()[:16]
 
     @property
     def dims_label(self) -> str:
