@@ -59,6 +59,61 @@ def load_stsb(split: str = "test") -> ScoredPairs:
     return pairs
 
 
+@dataclass
+class BeirData:
+    """A BEIR-format retrieval set: corpus, test queries and graded qrels (all ids are strings)."""
+
+    doc_ids: list[str]
+    doc_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_beir(directory: str | Path, split: str = "test") -> BeirData:
+    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/{split}.tsv``; a document's text is its
+    title and text joined by a space (as BEIR encodes it). Only queries with qrels are kept."""
+    directory = Path(directory)
+    for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+        if not (directory / name).is_file():
+            raise MatryoshkaError(f"{directory} is not a BEIR data set: missing {name}")
+    qrels: dict[str, dict[str, int]] = {}
+    with (directory / "qrels" / f"{split}.tsv").open(encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle, delimiter="\t"), 1):
+            if number == 1 and row and not row[-1].lstrip("-").isdigit():
+                continue  # header
+            if len(row) < 3 or not row[2].lstrip("-").isdigit():
+                raise MatryoshkaError(
+                    f"{directory}/qrels/{split}.tsv:{number}: expected query-id, corpus-id, score"
+                )
+            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    corpus = _read_records(directory / "corpus.jsonl")
+    queries = {q["_id"]: q["text"] for q in _read_records(directory / "queries.jsonl") if q["_id"] in qrels}
+    return BeirData(
+        doc_ids=[doc["_id"] for doc in corpus],
+        doc_texts=[f"{doc.get('title') or ''} {doc['text']}".strip() for doc in corpus],
+        query_ids=list(queries),
+        query_texts=list(queries.values()),
+        qrels={qid: qrels[qid] for qid in queries},
+    )
+
+
+def _read_records(path: Path) -> list[dict]:
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise MatryoshkaError(f"{path} is empty")
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("_id"), str) or "text" not in record:
+            raise MatryoshkaError(f"{path}:{number}: expected a JSON object with string '_id' and 'text'")
+        records.append(record)
+    return records
+
+
 def read_texts(path: str | Path, field: str = "text") -> list[str]:
     """Texts from a file: JSONL with a ``field`` (``.jsonl``/``.json`` or a first line starting with '{'),
     else one text per non-empty line."""
