@@ -6,6 +6,7 @@ import typer
 
 from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
+from matryoshka.cli.eval import eval_command
 from matryoshka.cli.models import models
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command()(encode)
 app.command()(models)
 app.command()(demo)
+app.command(name="eval")(eval_command)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from matryoshka.cli._common import user_errors
+from matryoshka.cli.eval import demo_eval
 from matryoshka.datasets import load_stsb
 from matryoshka.dims import truncate
 from matryoshka.encoder import Encoder
@@ -64,3 +65,4 @@ def demo() -> None:
             *(f"{row[p]:.3f}" for p in ("float32", "int8", "binary")),
         )
     console.print(table)
+    demo_eval(console)
