@@ -56,7 +56,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report JSON to stdout."),
 ) -> None:
     """Quality, retention and cost of each dim (with baselines), as a table, report files and plots."""
-    models: list[str | None] = [*(model or []), *(compare or [])] or [None]
+    models: list[str | None] = [*(model or [None]), *(compare or [])]
     console = Console(stderr=as_json)
     report = run_eval(
         models, task, parse_dims(dims), [b.strip() for b in baselines.split(",") if b.strip()], out, console

@@ -114,6 +114,16 @@ def coarse_to_fine_violations(rows: list[dict]) -> list[dict]:
     return violations
 
 
+def _unique(names: list[str]) -> list[str]:
+    """Series names, with ``#2``, ``#3``... appended where two models share a name."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return unique
+
+
 def _checked_dims(dims: Sequence[int], encoders: Sequence[Encoder]) -> list[int]:
     if not dims:
         raise MatryoshkaError("no dims to evaluate: pass e.g. --dims 384,64,8")
@@ -144,7 +154,7 @@ def evaluate(
     dims = _checked_dims(dims, [*encoders, *([base_encoder] if baselines else [])])
     report: dict = {"task": task.name, "task_size": task.size, "metric": task.metric, "dims": dims}
     series, notes, encode_seconds = [], [], {}
-    names = [encoder.info.name for encoder in encoders]
+    names = _unique([encoder.info.name for encoder in encoders])
     for encoder, name in zip(encoders, names, strict=True):
         encode_started = time.perf_counter()
         blocks = task.embed(encoder)
