@@ -4,8 +4,15 @@ import pytest
 from typer.testing import CliRunner
 
 from matryoshka.cli import app
+from matryoshka.eval.tasks import BeirTask
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _warm_cache(encoder, beir_dir):
+    """The tiny set is in the session cache, so the CLI's own Encoder never loads the model."""
+    BeirTask(beir_dir).embed(encoder)
 
 
 def test_eval_json_compares_two_models(tmp_path, beir_dir):
@@ -26,6 +33,13 @@ def test_eval_table(beir_dir):
     assert result.exit_code == 0, result.output
     assert "ndcg@10 x100 per dimension" in result.output
     assert "ret %" in result.output and "ms/q" in result.output
+
+
+def test_eval_missing_data_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATRYOSHKA_DATA", str(tmp_path))
+    result = runner.invoke(app, ["eval", "--task", "stsb"])
+    assert result.exit_code == 2
+    assert "missing data" in result.output and "sts-test.csv" in result.output
 
 
 @pytest.mark.parametrize(

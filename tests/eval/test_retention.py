@@ -88,9 +88,8 @@ def test_registered_baseline_gets_its_row(encoder, beir_dir):
     assert reversed_["rows"][1]["score"] != model["rows"][1]["score"]  # the last 8 dims, not the first
 
 
-def test_second_run_does_no_encoding(tmp_path, monkeypatch, beir_dir):
+def test_second_run_does_no_encoding(tmp_path, monkeypatch, encoder, beir_dir):
     monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path))
-    encoder = Encoder(device="cpu")
     calls = []
     original = encoder.encode_full
     monkeypatch.setattr(encoder, "encode_full", lambda texts: calls.append(len(texts)) or original(texts))
