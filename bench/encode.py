@@ -131,6 +131,7 @@ def main() -> None:
     short, long = load_texts(5, 100) if args.smoke else load_texts(args.long)
     setup = ensure_exports()
     runs: dict[str, list[dict]] = {backend: [] for backend in BACKENDS}
+    loads = [os.getloadavg()[0]]
     vectors: dict[str, dict[str, np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         texts_file = Path(scratch) / "texts.json"
@@ -143,13 +144,13 @@ def main() -> None:
                 if backend not in vectors:
                     with np.load(out) as saved:
                         vectors[backend] = {name: saved[name] for name in ("short", "long")}
-    if args.smoke:
-        print({backend: runs[backend] for backend in BACKENDS})
-        return
-    report(args, short, long, runs, vectors, setup, time.perf_counter() - bench_started)
+            loads.append(os.getloadavg()[0])
+            if not args.smoke:  # after every round, so a cut-short run still leaves its measurements
+                wall_s = time.perf_counter() - bench_started
+                report(args, short, long, runs, vectors, setup, wall_s, loads)
 
 
-def report(args, short, long, runs, vectors, setup, wall_s) -> None:
+def report(args, short, long, runs, vectors, setup, wall_s, loads) -> None:
     from report import hardware, markdown_table, write_section
 
     reference = vectors["sentence-transformers"]
@@ -209,7 +210,8 @@ def report(args, short, long, runs, vectors, setup, wall_s) -> None:
             f"{len(long)} SciFact passages (long, title + abstract, mean {long_tokens:.0f} tokens, "
             f"cut at 256), batch size {args.batch_size}, {args.threads} threads for every backend "
             "(torch.set_num_threads / ONNX Runtime intra-op threads). Each backend runs in its own "
-            f"process; {args.rounds} interleaved rounds, the best round's wall time counts (the machine "
+            f"process; {len(runs['torch'])} interleaved rounds, the best round's wall time counts "
+            "(the machine "
             "is shared with other jobs). Speed ratios are to sentence-transformers `encode` (torch, CPU). "
             "Cosines are to the sentence-transformers vectors over both text sets; Spearman (x100) is "
             "on STS-B test at 384 and 64 dims (scipy `spearmanr`: the metrics module has none on main "
@@ -223,7 +225,9 @@ def report(args, short, long, runs, vectors, setup, wall_s) -> None:
             "",
             f"ONNX export setup before timing: fp32 {setup['onnx']:.1f}s, int8 {setup['onnx-int8']:.1f}s "
             "(0 s-ish when cached). Wall time of the whole benchmark: "
-            f"{wall_s / 60:.1f} min on {hardware()}.",
+            f"{wall_s / 60:.1f} min on {hardware()}; 1-minute load average "
+            f"{', '.join(f'{load:.1f}' for load in loads)} (start, after each round): other jobs shared the "
+            "cores, so absolute rates are low and noisy; the ratios come from interleaved runs.",
         ]
     )
     print(markdown)
