@@ -95,7 +95,9 @@ def ensure_export(info: ModelInfo, backend: str, load_model: Callable[[], Senten
         os.replace(temporary, path)  # atomic: other processes see the old file or the whole new one
     finally:
         temporary.unlink(missing_ok=True)
-    _digest_path(path).write_text(digest + "\n")
+    digest_temporary = _digest_path(temporary)
+    digest_temporary.write_text(digest + "\n")
+    os.replace(digest_temporary, _digest_path(path))  # a half-written digest only causes a rebuild
     return path
 
 
