@@ -4,7 +4,9 @@ from matryoshka import Encoder
 from matryoshka.cache import cached_encode_full
 
 
-def test_second_call_reads_the_cache_and_does_no_encoding(tmp_path, monkeypatch, sentences, full_vectors):
+def test_second_call_reads_the_cache_and_does_no_encoding(
+    tmp_path, monkeypatch, sentences, full_vectors, same_vectors
+):
     monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path))
     encoder = Encoder(device="cpu")
     calls = []
@@ -14,15 +16,15 @@ def test_second_call_reads_the_cache_and_does_no_encoding(tmp_path, monkeypatch,
     second = cached_encode_full(encoder, sentences[:20])
     assert calls == [20]
     np.testing.assert_array_equal(first, second)
-    np.testing.assert_allclose(second, full_vectors[:20], atol=1e-6)
+    same_vectors(second, full_vectors[:20])
     cached_encode_full(encoder, sentences[:21])  # other texts, other entry
     assert calls == [20, 21]
 
 
-def test_damaged_entry_is_recomputed(tmp_path, monkeypatch, sentences, full_vectors):
+def test_damaged_entry_is_recomputed(tmp_path, monkeypatch, sentences, full_vectors, same_vectors):
     monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path))
     encoder = Encoder(device="cpu")
     cached_encode_full(encoder, sentences[:5])
     (entry,) = (tmp_path / "embeddings").glob("*.npy")
     entry.write_bytes(b"not an array")
-    np.testing.assert_allclose(cached_encode_full(encoder, sentences[:5]), full_vectors[:5], atol=1e-6)
+    same_vectors(cached_encode_full(encoder, sentences[:5]), full_vectors[:5])

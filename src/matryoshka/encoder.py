@@ -11,6 +11,13 @@ import numpy as np
 from matryoshka.dims import truncate, validate_dim
 from matryoshka.errors import MatryoshkaError
 from matryoshka.models import ModelInfo, resolve_model
+from matryoshka.onnx_backend import (
+    EXPORT_VERSION,
+    OnnxRunner,
+    check_backend,
+    default_backend,
+    shared_runner,
+)
 from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes, to_binary, to_int8
 
 if TYPE_CHECKING:
@@ -20,7 +27,7 @@ Embeddings = np.ndarray | Int8Codes | BinaryCodes
 PROGRESS_MIN_TEXTS = 1000  # inputs at least this long get a progress bar
 
 
-def _default_device() -> str:
+def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,6 +41,10 @@ class Encoder:
         device: ``"cpu"``, ``"cuda"``...; the GPU when present by default.
         batch_size: texts per forward pass (batches are formed after sorting texts by length).
         show_progress: force the progress bar on or off; by default it shows on long inputs.
+        backend: ``"torch"``, ``"onnx"`` (ONNX Runtime, fp32) or ``"onnx-int8"`` (dynamic int8);
+            by default ``$MATRYOSHKA_BACKEND``, else the fastest one that passed the quality bar
+            on CPU (see :mod:`matryoshka.onnx_backend`) and torch on a GPU. ONNX runs on CPU.
+        threads: CPU threads for the forward pass (default: all cores).
 
     Example:
         >>> encoder = Encoder()
@@ -47,12 +58,25 @@ class Encoder:
         device: str | None = None,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        backend: str | None = None,
+        threads: int | None = None,
     ) -> None:
         self.info: ModelInfo = resolve_model(model)
-        self.device = device or _default_device()
+        if backend is None:
+            self.device = device or default_device()
+            self.backend = default_backend(self.device)
+        else:
+            self.backend = check_backend(backend)
+            self.device = device or ("cpu" if self.backend != "torch" else default_device())
+        if self.backend != "torch" and self.device != "cpu":
+            raise MatryoshkaError(
+                f"the {self.backend} backend runs on CPU; use backend='torch' on {self.device}"
+            )
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.threads = threads
         self._model: SentenceTransformer | None = None
+        self._runner: OnnxRunner | None = None
 
     @property
     def full_dim(self) -> int:
@@ -60,20 +84,39 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the vectors this encoder produces (model files; later also backend and adapter)."""
-        return self.info.fingerprint
+        """Identifies the vectors this encoder produces: model files and backend (torch keeps the bare
+        model fingerprint, so vectors cached before backends existed stay valid)."""
+        if self.backend == "torch":
+            return self.info.fingerprint
+        return f"{self.info.fingerprint}-{self.backend}-v{EXPORT_VERSION}"
 
     @property
     def model(self) -> SentenceTransformer:
         """The sentence-transformers model, loaded from disk on first use."""
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as transformers_logging
-
-            transformers_logging.disable_progress_bar()
-            self._model = SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
+            self._model = self._load_model()
         return self._model
+
+    def _load_model(self) -> SentenceTransformer:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
+
+    @property
+    def runner(self) -> OnnxRunner:
+        """The ONNX Runtime session (ONNX backends only), exporting the model on first use."""
+        if self.backend == "torch":
+            raise MatryoshkaError("the torch backend has no ONNX session")
+        if self._runner is None:
+            self._runner = shared_runner(self.info, self.backend, self._load_model, self.threads)
+        return self._runner
 
     def check_dim(self, dim: int | None) -> int:
         """Validate ``dim`` against the model (``None`` means the full dim)."""
@@ -87,9 +130,12 @@ class Encoder:
         if not all(isinstance(text, str) for text in texts):
             raise MatryoshkaError("every input must be a string")
         progress = self.show_progress if self.show_progress is not None else len(texts) >= PROGRESS_MIN_TEXTS
-        vectors = self.model.encode(
-            texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True
-        )
+        if self.backend == "torch":
+            vectors = self.model.encode(
+                texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True
+            )
+        else:
+            vectors = self.runner.encode(texts, self.batch_size, progress)
         return truncate(np.asarray(vectors, dtype=np.float32))
 
     def encode(

@@ -11,6 +11,7 @@ from matryoshka.cli._common import user_errors
 from matryoshka.datasets import read_texts
 from matryoshka.encoder import Encoder
 from matryoshka.errors import MatryoshkaError
+from matryoshka.onnx_backend import BACKENDS
 from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes
 
 
@@ -25,11 +26,14 @@ def encode(
     precision: str = typer.Option("float32", "--precision", "-p", help=f"One of {', '.join(PRECISIONS)}."),
     field: str = typer.Option("text", "--field", help="JSONL field holding the text."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
+    backend: str | None = typer.Option(
+        None, "--backend", help=f"One of {', '.join(BACKENDS)} (default: the fastest that passed on CPU)."
+    ),
 ) -> None:
     """Encode texts at any dimension and precision."""
     if precision not in PRECISIONS:
         raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    encoder = Encoder(model, batch_size=batch_size)
+    encoder = Encoder(model, batch_size=batch_size, backend=backend)
     dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
     texts = read_texts(input, field)
     result = encoder.encode(texts, dim=dim, precision=precision)

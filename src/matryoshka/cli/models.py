@@ -6,13 +6,17 @@ from rich.console import Console
 from rich.table import Table
 
 from matryoshka.cli._common import user_errors
+from matryoshka.encoder import default_device
 from matryoshka.models import list_models
+from matryoshka.onnx_backend import default_backend
 
 
 @user_errors
 def models() -> None:
-    """List known models (built-in and under ./models or $MATRYOSHKA_MODELS) with their dims."""
-    table = Table("name", "full dim", "supported dims", "path")
+    """List known models (built-in and under ./models or $MATRYOSHKA_MODELS), their dims and the
+    backend `encode`, `index build` and `serve` run them with by default."""
+    backend = default_backend(default_device())
+    table = Table("name", "full dim", "supported dims", "backend", "path")
     for info in list_models():
-        table.add_row(info.name, str(info.full_dim), info.dims_label, str(info.path))
+        table.add_row(info.name, str(info.full_dim), info.dims_label, backend, str(info.path))
     Console().print(table)
