@@ -7,7 +7,9 @@ import typer
 from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
 from matryoshka.cli.eval import eval_command
+from matryoshka.cli.index import index_app
 from matryoshka.cli.models import models
+from matryoshka.cli.search import search
 
 app = typer.Typer(
     name="matryoshka",
@@ -20,6 +22,8 @@ app.command()(encode)
 app.command()(models)
 app.command()(demo)
 app.command(name="eval")(eval_command)
+app.command()(search)
+app.add_typer(index_app, name="index")
 
 
 def main() -> None:

@@ -1,0 +1,54 @@
+"""`matryoshka search`: one query against an index, at a prefix, through a funnel or a precision cascade."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from matryoshka.cli._common import user_errors
+
+
+@user_errors
+def search(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    query: str = typer.Argument(..., help="Query text (encoded with the index's model)."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Results to return."),
+    dim: int | None = typer.Option(None, "--dim", "-d", help="Exact search at this prefix dim."),
+    funnel: str | None = typer.Option(None, "--funnel", help="Stages DIM:KEEP,..., e.g. 32:1000,128:100."),
+    precision: str | None = typer.Option(None, "--precision", help="Cascade, e.g. binary,int8,float."),
+    hnsw: bool = typer.Option(False, "--hnsw", help="First stage from the index's HNSW graph."),
+    as_json: bool = typer.Option(False, "--json", help="Print results and stage stats as JSON."),
+) -> None:
+    """Search an index; without options it uses the index's calibrated default funnel."""
+    from matryoshka.index import MatryoshkaIndex
+
+    index = MatryoshkaIndex.open(index_dir)
+    if dim is not None:
+        index.encoder.check_dim(dim)
+    result = index.search(query, k, dim=dim, funnel=funnel, precision=precision, hnsw=hnsw)
+    if as_json:
+        stages = [vars(stage) for stage in result.stages]
+        hits = [
+            {"id": key, "score": round(float(score), 6), "text": text}
+            for key, score, text in zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
+        ]
+        typer.echo(json.dumps({"funnel": result.funnel, "results": hits, "stages": stages}, indent=1))
+        return
+    table = Table(title=f"top {k} for {query!r} via {result.funnel}")
+    for column in ("rank", "score", "id", "text"):
+        table.add_column(column, overflow="fold")
+    for rank, (key, score, text) in enumerate(
+        zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
+    ):
+        table.add_row(str(rank + 1), f"{score:.4f}", key, (text or "")[:120])
+    console = Console()
+    console.print(table)
+    for stage in result.stages:
+        console.print(
+            f"  stage {stage.stage}: kept {stage.kept}, {stage.seconds * 1000:.1f} ms, "
+            f"{stage.bytes_read / 1e6:.2f} MB read"
+        )
