@@ -131,3 +131,24 @@ def test_delete_then_reopen_in_a_new_process(tmp_path, corpus):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["99", *after]
+
+
+def test_cli_build_add_info_search_on_milvus(tmp_path, corpus):
+    from typer.testing import CliRunner
+
+    from matryoshka.cli import app
+
+    vectors, texts, _ = corpus
+    np.save(tmp_path / "v.npy", vectors[:60])
+    (tmp_path / "t.txt").write_text("\n".join(texts[:60]) + "\n")
+    uri = str(tmp_path / "cli.db")
+    runner = CliRunner()
+    built = runner.invoke(app, ["index", "build", "--vectors", str(tmp_path / "v.npy"), "--texts",
+                                str(tmp_path / "t.txt"), "--backend", "milvus", "--uri", uri])  # fmt: skip
+    assert built.exit_code == 0, built.output
+    info = runner.invoke(app, ["index", "info", "--backend", "milvus", "--uri", uri])
+    assert info.exit_code == 0 and '"live": 60' in info.output and '"prefix_field": "v64"' in info.output
+    missing = runner.invoke(app, ["index", "info", "--backend", "milvus"])
+    assert missing.exit_code == 2 and "--backend milvus needs --uri" in missing.output
+    refused = runner.invoke(app, ["search", "some text", "--backend", "milvus", "--uri", uri])
+    assert refused.exit_code == 2 and "no recorded model" in refused.output
