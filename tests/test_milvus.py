@@ -119,6 +119,8 @@ def test_delete_then_reopen_in_a_new_process(tmp_path, corpus):
     after = index.search(vectors[5], 3, funnel="64:50").ids[0]
     assert "s5" not in after and after[:2] == first[1:]
     assert index.info()["live"] == 99
+    with pytest.raises(MatryoshkaError, match="ids already in the collection: s7"):
+        index.add(vectors[:2], ids=["s200", "s7"])
     index.close()
     np.save(tmp_path / "q.npy", vectors[5])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}

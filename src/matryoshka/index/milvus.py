@@ -11,6 +11,7 @@ collection's properties, so opening it with another model is refused. Milvus row
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -235,6 +236,7 @@ class MilvusIndex:
         for name, values in (("ids", ids), ("texts", texts), ("metadata", metadata)):
             if values is not None and len(values) != count:
                 raise MatryoshkaError(f"{len(values)} {name} for {count} vectors")
+        ids = [str(key) for key in ids]
         if len(set(ids)) != count:
             raise MatryoshkaError("ids must be distinct")
         full = truncate(vectors)
@@ -242,9 +244,10 @@ class MilvusIndex:
         with tqdm(total=count, unit="row", disable=not progress) as bar:
             for start in range(0, count, batch_size):
                 stop = min(start + batch_size, count)
+                self._refuse_existing(ids[start:stop])
                 rows = [
                     {
-                        "id": str(ids[i]),
+                        "id": ids[i],
                         "text": None if texts is None else texts[i][:TEXT_LIMIT],
                         "metadata": None if metadata is None else metadata[i],
                         self.prefix_field: prefix[i].tolist(),
@@ -255,6 +258,13 @@ class MilvusIndex:
                 with_retries(lambda rows=rows: self.client.insert(self.collection, rows), "insert")
                 bar.update(stop - start)
         return self.live_rows()
+
+    def _refuse_existing(self, ids: list[str]) -> None:
+        """Milvus does not enforce unique primary keys, so a repeated id would make a duplicate row."""
+        found = self.client.get(self.collection, ids=ids, output_fields=["id"])
+        if found:
+            shown = " ".join(sorted(row["id"] for row in found)[:5])
+            raise MatryoshkaError(f"ids already in the collection: {shown}")
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete rows by id; returns the ids that were not found."""
@@ -388,7 +398,7 @@ class MilvusIndex:
                 ids.append([])
                 scores.append([])
                 continue
-            hits = self._search("full", query[None], k, None, filter=f"id in {list(shortlist)!r}")[0]
+            hits = self._search("full", query[None], k, None, filter=f"id in {json.dumps(shortlist)}")[0]
             ids.append([hit["id"] for hit in hits])
             scores.append([hit["distance"] for hit in hits])
         return ids, scores, 0
