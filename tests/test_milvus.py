@@ -85,12 +85,13 @@ def test_refusals(pair, corpus, encoder):
 
 def test_model_is_recorded_and_other_models_refused(tmp_path, encoder, sentences, full_vectors):
     path = tmp_path / "m.db"
-    index = MatryoshkaIndex.create(path, model=encoder, backend="milvus", collection="m")
+    index = MatryoshkaIndex.create(path, model=encoder, backend="milvus", collection="m", index_type="HNSW")
     index.add(full_vectors[:30], texts=sentences[:30])
     index._encoder = encoder  # the session's model; its fingerprint is the recorded one
     result = index.search(sentences[7], 3)
     assert result.texts[0][0] == sentences[7] and result.scores[0][0] == pytest.approx(1, abs=1e-3)
     assert index.info()["source"]["model"] == encoder.info.name
+    assert index.info()["index_type"] == "HNSW"  # Milvus Lite accepts HNSW on the prefix field
     index.properties["fingerprint"] = "0123456789abcdef"
     with pytest.raises(MatryoshkaError, match="cannot use collection 'm' of vectors from"):
         index.use_encoder(encoder)

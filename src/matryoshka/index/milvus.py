@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -128,6 +129,7 @@ class MilvusIndex:
     ) -> MilvusIndex:
         """A new collection (or the existing one, if it was made for the same model and dims)."""
         from pymilvus import DataType
+        from pymilvus.exceptions import MilvusException
 
         properties: dict[str, str] = {}
         if model is not None:
@@ -162,13 +164,19 @@ class MilvusIndex:
         schema.add_field("metadata", DataType.JSON, nullable=True)
         schema.add_field(f"v{prefix_dim}", DataType.FLOAT_VECTOR, dim=prefix_dim)
         schema.add_field("full", DataType.FLOAT_VECTOR, dim=full_dim)
-        params = client.prepare_index_params()
-        params.add_index(f"v{prefix_dim}", index_type=index_type, metric_type="IP",
-                         params=INDEX_BUILD_PARAMS[index_type])  # fmt: skip
-        params.add_index("full", index_type="FLAT", metric_type="IP")
-        with_retries(
-            lambda: client.create_collection(collection, schema=schema, index_params=params), "create"
-        )
+        try:
+            _create(client, collection, schema, prefix_dim, index_type)
+        except MilvusException as exc:
+            if index_type == "FLAT":
+                raise MatryoshkaError(f"Milvus could not create collection {collection!r}: {exc}") from None
+            warnings.warn(
+                f"this Milvus deployment refused a {index_type} index on v{prefix_dim} ({exc}); using FLAT",
+                stacklevel=2,
+            )
+            if client.has_collection(collection):
+                client.drop_collection(collection)
+            _create(client, collection, schema, prefix_dim, "FLAT")
+            properties["index_type"] = "FLAT"
         client.alter_collection_properties(collection, {PROPERTY + k: v for k, v in properties.items()})
         return cls(client, collection, properties, str(uri))
 
@@ -446,6 +454,16 @@ class MilvusIndex:
             "live": self.live_rows(),
             "default_rerank": self.rerank,
         }
+
+
+def _create(client, collection: str, schema, prefix_dim: int, index_type: str) -> None:
+    """The collection with an ``index_type`` index on the prefix field and a FLAT one on ``full``."""
+    params = client.prepare_index_params()
+    params.add_index(
+        f"v{prefix_dim}", index_type=index_type, metric_type="IP", params=INDEX_BUILD_PARAMS[index_type]
+    )
+    params.add_index("full", index_type="FLAT", metric_type="IP")
+    with_retries(lambda: client.create_collection(collection, schema=schema, index_params=params), "create")
 
 
 def _encoder(model: str | os.PathLike) -> Encoder:
