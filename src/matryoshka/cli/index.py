@@ -8,11 +8,16 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from matryoshka.cli import _milvus
 from matryoshka.cli._common import parse_dims, user_errors
 from matryoshka.errors import MatryoshkaError
 
 index_app = typer.Typer(help="Build and change a Matryoshka index.", no_args_is_help=True)
 BATCH_TEXTS = 1024
+BACKEND = typer.Option("local", "--backend", help=_milvus.BACKEND_HELP)
+URI = typer.Option(None, "--uri", help=_milvus.URI_HELP)
+COLLECTION = typer.Option("matryoshka", "--collection", help="Milvus collection name.")
+TOKEN = typer.Option(None, "--token", envvar="MILVUS_TOKEN", help="Milvus token (user:password or API key).")
 
 
 def read_corpus(path: Path, field: str = "text") -> tuple[list[str], list[str]]:
@@ -57,7 +62,7 @@ def add_in_batches(index, ids: list[str], texts: list[str], vectors: np.ndarray 
 @user_errors
 def build(
     corpus: Path | None = typer.Argument(None, help="JSONL corpus (text and _id fields) or a text file."),
-    out: Path = typer.Option(..., "--out", "-o", help="Index directory to create (or resume)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Index directory to create (or resume)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name or directory."),
     vectors: Path | None = typer.Option(
         None, "--vectors", help="Precomputed vectors (.npy), one row per text."
@@ -66,6 +71,12 @@ def build(
     chunks: str = typer.Option("32,64,128,256", "--chunks", help="Chunk boundaries of the coordinate files."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 or float32 storage."),
     field: str = typer.Option("text", "--field", help="JSONL field holding the text."),
+    backend: str = BACKEND,
+    uri: str | None = URI,
+    collection: str = COLLECTION,
+    token: str | None = TOKEN,
+    prefix_dim: int = typer.Option(64, "--prefix-dim", help="Milvus: dim of the first-pass field."),
+    index_type: str = typer.Option("FLAT", "--index-type", help="Milvus: FLAT, HNSW or IVF_FLAT."),
 ) -> None:
     """Build an index from texts (encoded with --model) or from precomputed --vectors with --texts."""
     from matryoshka.index import MatryoshkaIndex
@@ -80,6 +91,11 @@ def build(
     ids, text_list = read_corpus(corpus or texts, field)
     if array is not None and len(array) != len(ids):
         raise MatryoshkaError(f"{vectors} has {len(array)} rows but {texts} has {len(ids)} texts")
+    if _milvus.check_backend(backend, uri):
+        args = (uri, collection, token, model, ids, text_list, array, prefix_dim, index_type, BATCH_TEXTS)
+        return _milvus.build(*args)
+    if out is None:
+        raise MatryoshkaError("give --out (the index directory)")
     if (out / "manifest.json").exists():
         index = MatryoshkaIndex.open(out)
         typer.echo(f"resuming {out} at row {index.store.rows}", err=True)
@@ -105,15 +121,31 @@ def funnel_text(stages) -> str:
 @index_app.command()
 @user_errors
 def add(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
+    index_dir: Path | None = typer.Argument(None, help="Index directory (none with --uri)."),
     corpus: Path | None = typer.Argument(None, help="JSONL or text file to encode with the index's model."),
     vectors: Path | None = typer.Option(None, "--vectors", help="Precomputed vectors (.npy)."),
     texts: Path | None = typer.Option(None, "--texts", help="Texts/ids matching --vectors."),
     field: str = typer.Option("text", "--field"),
+    backend: str = BACKEND,
+    uri: str | None = URI,
+    collection: str = COLLECTION,
+    token: str | None = TOKEN,
 ) -> None:
     """Append rows (ids must be new)."""
     from matryoshka.index import MatryoshkaIndex
 
+    if _milvus.check_backend(backend, uri):
+        index_dir, corpus = _milvus.shift(index_dir, corpus)
+        corpus = None if corpus is None else Path(corpus)
+    if (corpus is None) == (vectors is None) or (vectors is not None and texts is None):
+        raise MatryoshkaError("give a corpus to encode, or --vectors with --texts")
+    if backend == "milvus":
+        index = _milvus.open_milvus(uri, collection, token)
+        array = load_vectors(vectors) if vectors is not None else None
+        _milvus.add(index, *read_corpus(corpus or texts, field), array, BATCH_TEXTS)
+        return typer.echo(f"{index.live_rows()} rows in {uri} collection {collection}", err=True)
+    if index_dir is None:
+        raise MatryoshkaError("give the index directory")
     if (corpus is None) == (vectors is None) or (vectors is not None and texts is None):
         raise MatryoshkaError("give a corpus to encode, or --vectors with --texts")
     index = MatryoshkaIndex.open(index_dir)
@@ -158,12 +190,20 @@ def compact(index_dir: Path = typer.Argument(..., help="Index directory.")) -> N
 @index_app.command()
 @user_errors
 def info(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
+    index_dir: Path | None = typer.Argument(None, help="Index directory (none with --uri)."),
     verify: bool = typer.Option(False, "--verify", help="Recompute every file's checksum."),
+    backend: str = BACKEND,
+    uri: str | None = URI,
+    collection: str = COLLECTION,
+    token: str | None = TOKEN,
 ) -> None:
     """Print the manifest facts as JSON (and check checksums with --verify)."""
     from matryoshka.index import MatryoshkaIndex
 
+    if _milvus.check_backend(backend, uri):
+        return typer.echo(json.dumps(_milvus.open_milvus(uri, collection, token).info(), indent=1))
+    if index_dir is None:
+        raise MatryoshkaError("give the index directory")
     index = MatryoshkaIndex.open(index_dir)
     if verify:
         index.store.verify()

@@ -9,27 +9,47 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from matryoshka.cli import _milvus
 from matryoshka.cli._common import user_errors
+from matryoshka.cli.index import BACKEND, COLLECTION, TOKEN, URI
+from matryoshka.errors import MatryoshkaError
 
 
 @user_errors
 def search(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
-    query: str = typer.Argument(..., help="Query text (encoded with the index's model)."),
+    index_dir: Path | None = typer.Argument(None, help="Index directory (none with --uri)."),
+    query: str | None = typer.Argument(None, help="Query text (encoded with the index's model)."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Results to return."),
     dim: int | None = typer.Option(None, "--dim", "-d", help="Exact search at this prefix dim."),
     funnel: str | None = typer.Option(None, "--funnel", help="Stages DIM:KEEP,..., e.g. 32:1000,128:100."),
     precision: str | None = typer.Option(None, "--precision", help="Cascade, e.g. binary,int8,float."),
     hnsw: bool = typer.Option(False, "--hnsw", help="First stage from the index's HNSW graph."),
     as_json: bool = typer.Option(False, "--json", help="Print results and stage stats as JSON."),
+    backend: str = BACKEND,
+    uri: str | None = URI,
+    collection: str = COLLECTION,
+    token: str | None = TOKEN,
+    rerank: str | None = typer.Option(None, "--rerank", help="Milvus: full-dim rerank on client or server."),
 ) -> None:
     """Search an index; without options it uses the index's calibrated default funnel."""
     from matryoshka.index import MatryoshkaIndex
 
-    index = MatryoshkaIndex.open(index_dir)
+    if _milvus.check_backend(backend, uri):
+        index_dir, query = _milvus.shift(index_dir, query)
+        if precision is not None or hnsw:
+            raise MatryoshkaError("--precision and --hnsw are local-index options (Milvus: --index-type)")
+        index = _milvus.open_milvus(uri, collection, token)
+        search_options: dict = {"rerank": rerank}
+    else:
+        if index_dir is None:
+            raise MatryoshkaError("give the index directory")
+        index = MatryoshkaIndex.open(index_dir)
+        search_options = {"precision": precision, "hnsw": hnsw}
+    if query is None:
+        raise MatryoshkaError("give a query text")
     if dim is not None:
         index.encoder.check_dim(dim)
-    result = index.search(query, k, dim=dim, funnel=funnel, precision=precision, hnsw=hnsw)
+    result = index.search(query, k, dim=dim, funnel=funnel, **search_options)
     if as_json:
         stages = [vars(stage) for stage in result.stages]
         hits = [

@@ -60,8 +60,15 @@ class MatryoshkaIndex:
         int8_dim: int | None = None,
         binary_dim: int | None = None,
         vectors_from: str | None = None,
+        backend: str = "local",
+        **milvus_options: object,
     ) -> MatryoshkaIndex:
-        """A new empty index for ``model``'s vectors (or bare ``full_dim`` vectors with no model)."""
+        """A new empty index for ``model``'s vectors (or bare ``full_dim`` vectors with no model).
+
+        ``backend="milvus"`` makes a :class:`~matryoshka.index.milvus.MilvusIndex` at ``path`` (a Milvus
+        Lite ``.db`` file or ``http://host:19530``); ``milvus_options`` go to its ``create``."""
+        if backend != "local":
+            return _milvus(backend).create(path, model, full_dim, **milvus_options)  # type: ignore[return-value]
         source: dict = {"kind": "vectors" if vectors_from else "model", "path": vectors_from}
         if model is not None:
             encoder = model if hasattr(model, "fingerprint") else _encoder(model)
@@ -77,8 +84,12 @@ class MatryoshkaIndex:
         return cls(store)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, load_dim: int | None = None) -> MatryoshkaIndex:
+    def open(
+        cls, path: str | os.PathLike, load_dim: int | None = None, backend: str = "local", **milvus_options
+    ) -> MatryoshkaIndex:
         """Open an index; ``load_dim`` reads that prefix into memory now (else on the first search)."""
+        if backend != "local":
+            return _milvus(backend).open(path, **milvus_options)  # type: ignore[return-value]
         index = cls(Store(path))
         if load_dim is not None:
             index.load(load_dim)
@@ -268,6 +279,14 @@ class MatryoshkaIndex:
             "live": manifest["rows"] - deleted,
             "deleted": deleted,
         }
+
+
+def _milvus(backend: str) -> type:
+    if backend != "milvus":
+        raise MatryoshkaError(f"unknown index backend {backend!r}: use local or milvus")
+    from matryoshka.index.milvus import MilvusIndex
+
+    return MilvusIndex
 
 
 def _encoder(model: str | os.PathLike) -> Encoder:
