@@ -7,6 +7,7 @@ import typer
 from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
 from matryoshka.cli.models import models
+from matryoshka.cli.serve import serve
 
 app = typer.Typer(
     name="matryoshka",
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command()(encode)
 app.command()(models)
 app.command()(demo)
+app.command()(serve)
 
 
 def main() -> None:

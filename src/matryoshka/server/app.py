@@ -1,0 +1,256 @@
+"""The HTTP app: OpenAI-compatible embeddings, models, search, health, metrics and the web page.
+
+Bad input becomes a 4xx with OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``;
+anything unexpected becomes a bare 500 without a stack trace. Dims are checked only by
+``Encoder.check_dim`` and shortened only by ``truncate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from matryoshka.dims import truncate
+from matryoshka.errors import DimensionError, MatryoshkaError
+from matryoshka.models import ALIASES
+from matryoshka.server.curve import retention_curve
+from matryoshka.server.engine import EmbeddingEngine, EncodeTimeout, Overloaded
+from matryoshka.server.metrics import ServerMetrics
+from matryoshka.server.schemas import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorBody,
+    ModelCard,
+    ModelList,
+    RetentionCurve,
+    Usage,
+)
+from matryoshka.server.security import BodySizeLimit, bearer_ok
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits; beyond them a request is refused with a message, before any work."""
+
+    max_items: int = 256
+    max_chars: int = 8192
+    max_body_bytes: int = 1 << 20
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: dict | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
+
+
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str = "invalid_request_error",
+    headers: dict | None = None,
+) -> JSONResponse:
+    body = ErrorBody(error={"message": message, "type": kind, "param": param, "code": code})
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def texts_from_input(value: Any, limits: Limits) -> list[str]:
+    """The request's ``input`` as a list of non-empty strings within the limits, or a 400 saying why."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise ApiError(
+            400, "'input' must be a string or a list of strings (token arrays are not supported)", "input"
+        )
+    if not texts:
+        raise ApiError(400, "'input' must not be empty", "input")
+    if len(texts) > limits.max_items:
+        raise ApiError(
+            400,
+            f"'input' has {len(texts)} items; at most {limits.max_items} per request",
+            "input",
+            "too_many_inputs",
+        )
+    for position, text in enumerate(texts):
+        if not text.strip():
+            raise ApiError(400, f"'input[{position}]' is empty", "input")
+        if len(text) > limits.max_chars:
+            raise ApiError(
+                400,
+                f"'input[{position}]' has {len(text)} characters; at most {limits.max_chars}",
+                "input",
+                "input_too_long",
+            )
+    return texts
+
+
+def create_app(
+    engine: EmbeddingEngine,
+    index: Any = None,
+    api_key: str | None = None,
+    limits: Limits = Limits(),
+) -> FastAPI:
+    """The app serving ``engine``'s model (and ``index`` for search); ``api_key`` guards /v1 and /metrics."""
+    metrics = ServerMetrics()
+    engine.on_batch = metrics.batch_size.observe
+    metrics.queue_depth.set_function(lambda: engine.admitted)
+    info = engine.encoder.info
+    model_names = {info.name, str(info.path)} | {
+        alias for alias, name in ALIASES.items() if name == info.name
+    }
+    curve: dict[str, Any] = {}
+    curve_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(title="matryoshka", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+
+    @app.middleware("http")
+    async def record(request: Request, call_next):
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.observe("error", 500, time.perf_counter() - started)
+            raise
+        route = request.scope.get("route")
+        name = route.path if route is not None and hasattr(route, "methods") else "static"
+        metrics.observe(name, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.kind, exc.headers)
+
+    @app.exception_handler(MatryoshkaError)
+    async def user_error(_: Request, exc: MatryoshkaError) -> JSONResponse:
+        param = "dimensions" if isinstance(exc, DimensionError) else None
+        return error_response(400, str(exc), param, "invalid_value")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request body"}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the request body is not valid JSON", None, "invalid_json")
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = ".".join(location) or None
+        where = f"'{param}': " if param else ""
+        return error_response(400, f"invalid request: {where}{first.get('msg')}", param, "invalid_value")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, "internal server error", kind="server_error", code="internal_error")
+
+    async def authorised(request: Request) -> None:
+        if api_key and not bearer_ok(request.headers.get("authorization"), api_key):
+            raise ApiError(
+                401, "missing or invalid API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
+
+    guarded = [Depends(authorised)]
+
+    def check_model(name: str) -> None:
+        if name not in model_names:
+            raise ApiError(
+                404,
+                f"model {name!r} is not served here; this server serves {info.name!r}",
+                "model",
+                "model_not_found",
+            )
+
+    async def encode(texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        try:
+            return await engine.embed(texts)
+        except Overloaded as exc:
+            raise ApiError(
+                503, str(exc), code="overloaded", kind="server_busy", headers={"Retry-After": "1"}
+            ) from None
+        except EncodeTimeout as exc:
+            raise ApiError(
+                503, str(exc), code="timeout", kind="server_busy", headers={"Retry-After": "1"}
+            ) from None
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingResponse,
+        dependencies=guarded,
+        responses={400: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def embeddings(body: EmbeddingRequest) -> EmbeddingResponse:
+        """OpenAI's embeddings endpoint; ``dimensions`` gives the re-normalised prefix."""
+        check_model(body.model)
+        dim = engine.encoder.check_dim(body.dimensions)
+        texts = texts_from_input(body.input, limits)
+        full, tokens = await encode(texts)
+        vectors = truncate(full, dim).astype("<f4")
+        if body.encoding_format == "base64":
+            values: list = [base64.b64encode(vector.tobytes()).decode("ascii") for vector in vectors]
+        else:
+            values = vectors.tolist()
+        return EmbeddingResponse(
+            data=[Embedding(index=i, embedding=value) for i, value in enumerate(values)],
+            model=info.name,
+            usage=Usage(prompt_tokens=sum(tokens), total_tokens=sum(tokens)),
+        )
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=guarded)
+    async def models() -> ModelList:
+        dims = sorted(info.supported_dims, reverse=True) if info.supported_dims else None
+        return ModelList(data=[ModelCard(id=info.name, full_dim=info.full_dim, supported_dims=dims)])
+
+    @app.get("/v1/retention", response_model=RetentionCurve, dependencies=guarded)
+    async def retention() -> dict:
+        """What each prefix keeps (STS-B Spearman per dim), computed once in the encoder's thread."""
+        async with curve_lock:
+            if not curve:
+                curve.update(await engine.run_exclusive(retention_curve, engine.encoder))
+        return curve
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": info.name,
+            "full_dim": info.full_dim,
+            "queue_texts": engine.admitted,
+            "max_queue": engine.max_queue,
+            "index": None if index is None else getattr(index, "name", "index"),
+        }
+
+    @app.get("/metrics", dependencies=guarded)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.mount("/", StaticFiles(directory=str(files("matryoshka.server") / "static"), html=True), name="page")
+    app.state.engine, app.state.metrics, app.state.index = engine, metrics, index
+    return app

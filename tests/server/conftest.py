@@ -1,0 +1,46 @@
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+import uvicorn
+
+from matryoshka.server.app import Limits, create_app
+from matryoshka.server.engine import EmbeddingEngine
+
+
+@contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn in a thread on a free loopback port; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def serve(encoder):
+    """Start a server for the model of the session's encoder: ``serve(**engine_and_app_options)``."""
+
+    @contextmanager
+    def start(api_key=None, limits=Limits(), index=None, model_encoder=None, **engine_options):
+        engine = EmbeddingEngine(model_encoder or encoder, **engine_options)
+        with running(create_app(engine, index=index, api_key=api_key, limits=limits)) as url:
+            yield url
+
+    return start
