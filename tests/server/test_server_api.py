@@ -1,6 +1,7 @@
 """The real server on a loopback port, called with the official openai client and plain HTTP."""
 
 import base64
+import json
 import threading
 import time
 
@@ -177,3 +178,56 @@ def test_request_past_the_timeout_is_503(serve):
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "timeout"
         assert httpx.get(f"{base}/health").json()["queue_texts"] == 0
+
+
+def test_retention_curve_is_measured_on_stsb(url):
+    curve = httpx.get(f"{url}/v1/retention", timeout=300).json()
+    assert curve["dims"] == [8, 16, 32, 64, 128, 256, 384]
+    assert curve["pairs"] == 300 and curve["dataset"] == "STS-B test"
+    # Spearman of the bundled all-MiniLM-L6-v2 on the first 300 STS-B test pairs, per dim.
+    expected = [0.7331, 0.8443, 0.8899, 0.9154, 0.9221, 0.9322, 0.9337]
+    np.testing.assert_allclose(curve["scores"], expected, atol=2e-4)
+    assert curve["retention"][-1] == 1.0
+    np.testing.assert_allclose(curve["retention"][0], 0.7331 / 0.9337, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def declared_encoder(tmp_path_factory, encoder):
+    """The same MiniLM files declared as trained for 384/256/128/64/32 dims (as a trained model is)."""
+    from matryoshka import Encoder
+
+    root = tmp_path_factory.mktemp("models") / "minilm-declared"
+    root.mkdir()
+    for entry in encoder.info.path.iterdir():
+        (root / entry.name).symlink_to(entry)
+    (root / "matryoshka.json").write_text(
+        json.dumps({"name": "minilm-declared", "full_dim": 384, "supported_dims": [384, 256, 128, 64, 32]})
+    )
+    declared = Encoder(root, device="cpu")
+    declared._model = encoder.model  # identical files: reuse the loaded weights instead of loading twice
+    return declared
+
+
+def test_declared_dims_are_enforced_and_listed(serve, declared_encoder):
+    with serve(model_encoder=declared_encoder) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        card = client.models.list().data[0]
+        assert (card.id, card.full_dim, card.supported_dims) == (
+            "minilm-declared",
+            384,
+            [384, 256, 128, 64, 32],
+        )
+        assert (
+            len(
+                client.embeddings.create(model="minilm-declared", input="hi", dimensions=64).data[0].embedding
+            )
+            == 64
+        )
+        refused = post(base, {"model": "minilm-declared", "input": "hi", "dimensions": 100})
+        assert refused.status_code == 400
+        assert refused.json()["error"] == {
+            "message": "dimension 100 is not supported by this model; supported dims: 384, 256, 128, 64, 32",
+            "type": "invalid_request_error",
+            "param": "dimensions",
+            "code": "invalid_value",
+        }

@@ -6,7 +6,9 @@ import typer
 
 from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
+from matryoshka.cli.index import index_app
 from matryoshka.cli.models import models
+from matryoshka.cli.search import search
 from matryoshka.cli.serve import serve
 
 app = typer.Typer(
@@ -19,6 +21,8 @@ app = typer.Typer(
 app.command()(encode)
 app.command()(models)
 app.command()(demo)
+app.command()(search)
+app.add_typer(index_app, name="index")
 app.command()(serve)
 
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from matryoshka.dims import truncate
+from matryoshka.dims import truncate, validate_dim
 from matryoshka.errors import DimensionError
+from matryoshka.quantize import BinaryCodes, Int8Codes, score
+
+if TYPE_CHECKING:
+    from matryoshka.index.store import Store
 
 ROWS_PER_BLOCK = 65536  # bound the (queries x rows) score matrix held at once
 
@@ -35,3 +44,179 @@ def exact_search(
         best_ids = np.take_along_axis(ids, top, 1)
     order = np.argsort(-best_scores, axis=1, kind="stable")
     return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_ids, order, 1)
+
+
+# ---- funnel search over an index Store ------------------------------------------------------------
+# A stage scans every row (the first) or re-scores the previous stage's shortlist (the others) at one
+# prefix dim in one precision, and keeps the best ``keep``. Prefix scores follow ``truncate``: the query
+# prefix and each row's prefix are re-normalised, so a stage at dim d ranks like exact_search(dim=d).
+
+PRECISION_NAMES = ("float", "int8", "binary")
+SCAN_ROWS = 262144  # rows scored per block in a full scan: bounds the (queries x rows) matrix
+CODE_SCAN_ROWS = 32768  # int8 and binary blocks are decoded to float32 before scoring
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a funnel: score at ``dim`` in ``precision``, keep the best ``keep`` rows."""
+
+    dim: int
+    keep: int
+    precision: str = "float"
+
+    def __str__(self) -> str:
+        prefix = "" if self.precision == "float" else f"{self.precision}@"
+        return f"{prefix}{self.dim}:{self.keep}"
+
+
+@dataclass
+class StageStats:
+    """What one stage of a search did: rows it kept per query, seconds, bytes of vectors or codes read."""
+
+    stage: str
+    kept: int
+    seconds: float
+    bytes_read: int
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per row of a score matrix, best first: ``(scores, columns)``."""
+    k = min(k, scores.shape[1])
+    if scores.size >= 1 << 16:
+        import torch
+
+        values, columns = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
+        return values.numpy(), columns.numpy()
+    columns = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores)
+    order = np.argsort(-np.take_along_axis(scores, columns, 1), axis=1, kind="stable")
+    columns = np.take_along_axis(columns, order, 1)
+    return np.take_along_axis(scores, columns, 1), columns
+
+
+def _prefix_norms(store: Store, rows: np.ndarray | slice, dim: int) -> np.ndarray:
+    """Norm of each row's first ``dim`` stored coordinates (from chunk energies when dim ends a chunk)."""
+    ends = [end for _, end in store.chunks]
+    if dim in ends:
+        energy = store.energy()[rows, : ends.index(dim) + 1]
+        norms = np.sqrt(energy.sum(axis=1))
+    else:
+        norms = np.linalg.norm(store.read_prefix(rows, dim), axis=1)
+    return np.where(norms == 0, 1, norms).astype(np.float32)
+
+
+def _check_codes(store: Store, stage: Stage) -> None:
+    limit = store.manifest["int8_dim"] if stage.precision == "int8" else store.manifest["binary_dim"]
+    if stage.dim > limit:
+        raise DimensionError(f"{stage.precision} codes cover {limit} dims; stage {stage} needs {stage.dim}")
+    if stage.precision == "binary" and stage.dim % 8 and stage.dim != limit:
+        raise DimensionError(f"binary stages need a dim that is a multiple of 8, got {stage.dim}")
+
+
+def score_rows(
+    store: Store,
+    queries: np.ndarray,
+    rows: np.ndarray | slice,
+    stage: Stage,
+    resident: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """Scores ``(queries, rows)`` of full-dim unit ``queries`` against ``rows`` at the stage's dim and
+    precision, and the bytes of stored data read."""
+    dim = stage.dim
+    query_prefix = truncate(queries, dim)
+    if stage.precision == "float":
+        if resident is not None:
+            block = resident[rows]
+            return query_prefix @ block.T, block.nbytes
+        block = truncate(store.read_prefix(rows, dim))
+        return query_prefix @ block.T, block.size * np.dtype(store.manifest["dtype"]).itemsize
+    _check_codes(store, stage)
+    if stage.precision == "int8":
+        starts, steps = store.int8_ranges()
+        codes = Int8Codes(np.asarray(store.int8_codes()[rows, :dim]), starts[:dim], steps[:dim])
+        return score(query_prefix, codes) / _prefix_norms(store, rows, dim), codes.codes.nbytes
+    codes = BinaryCodes(np.asarray(store.binary_codes()[rows, : -(-dim // 8)]), dim)
+    return score(query_prefix, codes), codes.bits.nbytes
+
+
+def scan(
+    store: Store, queries: np.ndarray, stage: Stage, resident: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """First stage: score every live row in blocks, keep the best ``stage.keep`` per query."""
+    deleted = store.deleted_rows()
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
+    total_bytes = 0
+    block_rows = SCAN_ROWS if stage.precision == "float" else CODE_SCAN_ROWS
+    for start in range(0, store.rows, block_rows):
+        stop = min(start + block_rows, store.rows)
+        scores, read = score_rows(store, queries, slice(start, stop), stage, resident)
+        total_bytes += read
+        gone = deleted[(deleted >= start) & (deleted < stop)] - start
+        scores[:, gone] = -np.inf
+        block_scores, columns = top_k(scores, stage.keep)
+        best_scores = np.concatenate([best_scores, block_scores], axis=1)
+        best_rows = np.concatenate([best_rows, columns + start], axis=1)
+        if best_scores.shape[1] > stage.keep:
+            best_scores, keep = top_k(best_scores, stage.keep)
+            best_rows = np.take_along_axis(best_rows, keep, 1)
+    alive = np.isfinite(best_scores)
+    return np.where(alive, best_scores, -np.inf), np.where(alive, best_rows, -1), total_bytes
+
+
+def rerank(
+    store: Store, queries: np.ndarray, candidates: np.ndarray, stage: Stage
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Later stage: re-score only the shortlisted rows (``-1`` pads), keep the best ``stage.keep``."""
+    unique, inverse = np.unique(candidates[candidates >= 0], return_inverse=True)
+    if len(unique) == 0:
+        return np.full(candidates.shape, -np.inf, np.float32), candidates, 0
+    positions = np.zeros(candidates.shape, dtype=np.int64)
+    positions[candidates >= 0] = inverse
+    all_scores, read = score_rows(store, queries, unique, stage)  # (queries, unique rows)
+    scores = np.take_along_axis(all_scores, positions, 1)
+    scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
+    best, columns = top_k(scores, stage.keep)
+    return best, np.where(np.isfinite(best), np.take_along_axis(candidates, columns, 1), -1), read
+
+
+def load_prefix(store: Store, dim: int) -> np.ndarray:
+    """The ``truncate``d float32 prefix of every row, read chunk by chunk: a float first stage's data."""
+    validate_dim(dim, store.full_dim)
+    prefix = np.empty((store.rows, dim), dtype=np.float32)
+    for start in range(0, store.rows, SCAN_ROWS):
+        prefix[start : start + SCAN_ROWS] = truncate(store.read_prefix(slice(start, start + SCAN_ROWS), dim))
+    return prefix
+
+
+def funnel_search(
+    store: Store,
+    queries: np.ndarray,
+    stages: list[Stage],
+    resident: dict[int, np.ndarray] | None = None,
+    first_candidates: Callable[[np.ndarray, Stage], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[StageStats]]:
+    """Run ``stages`` in order over full-dim unit ``queries``; returns the last stage's ``(D, I)`` (row
+    numbers, ``-1`` where fewer rows exist) and per-stage stats.
+
+    ``resident`` maps a dim to an in-memory float32 ``truncate``d prefix of every row, used by a float
+    first stage instead of the mapped chunks. ``first_candidates`` (e.g. an HNSW graph over a prefix)
+    replaces the first stage's full scan with an approximate shortlist that is then re-scored.
+    """
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if queries.shape[1] != store.full_dim:
+        raise DimensionError(f"queries have {queries.shape[1]} dims, the index holds {store.full_dim}")
+    queries = truncate(queries)
+    stats: list[StageStats] = []
+    scores = rows = None
+    for position, stage in enumerate(stages):
+        validate_dim(stage.dim, store.full_dim)
+        started = time.perf_counter()
+        if position == 0 and first_candidates is not None:
+            scores, rows, read = rerank(store, queries, first_candidates(queries, stage), stage)
+        elif position == 0:
+            dense = (resident or {}).get(stage.dim) if stage.precision == "float" else None
+            scores, rows, read = scan(store, queries, stage, dense)
+        else:
+            scores, rows, read = rerank(store, queries, rows, stage)
+        stats.append(StageStats(str(stage), scores.shape[1], time.perf_counter() - started, read))
+    return scores, rows, stats

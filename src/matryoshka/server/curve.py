@@ -15,7 +15,7 @@ from matryoshka.dims import truncate
 from matryoshka.encoder import Encoder
 from matryoshka.eval.metrics import spearman
 
-CURVE_PAIRS = 500
+CURVE_PAIRS = 300
 CANDIDATE_DIMS = (8, 16, 32, 64, 128, 256, 384, 512, 768, 1024)
 
 

@@ -1,0 +1,44 @@
+"""`matryoshka search`: one query against an index, at a prefix, through a funnel or a precision cascade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from matryoshka.cli._common import user_errors
+
+
+@user_errors
+def search(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    query: str = typer.Argument(..., help="Query text (encoded with the index's model)."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Results to return."),
+    dim: int | None = typer.Option(None, "--dim", "-d", help="Exact search at this prefix dim."),
+    funnel: str | None = typer.Option(None, "--funnel", help="Stages DIM:KEEP,..., e.g. 32:1000,128:100."),
+    precision: str | None = typer.Option(None, "--precision", help="Cascade, e.g. binary,int8,float."),
+    hnsw: bool = typer.Option(False, "--hnsw", help="First stage from the index's HNSW graph."),
+) -> None:
+    """Search an index; without options it uses the index's calibrated default funnel."""
+    from matryoshka.index import MatryoshkaIndex
+
+    index = MatryoshkaIndex.open(index_dir)
+    if dim is not None:
+        index.encoder.check_dim(dim)
+    result = index.search(query, k, dim=dim, funnel=funnel, precision=precision, hnsw=hnsw)
+    table = Table(title=f"top {k} for {query!r} via {result.funnel}")
+    for column in ("rank", "score", "id", "text"):
+        table.add_column(column, overflow="fold")
+    for rank, (key, score, text) in enumerate(
+        zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
+    ):
+        table.add_row(str(rank + 1), f"{score:.4f}", key, (text or "")[:120])
+    console = Console()
+    console.print(table)
+    for stage in result.stages:
+        console.print(
+            f"  stage {stage.stage}: kept {stage.kept}, {stage.seconds * 1000:.1f} ms, "
+            f"{stage.bytes_read / 1e6:.2f} MB read"
+        )
