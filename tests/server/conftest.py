@@ -1,3 +1,4 @@
+import json
 import socket
 import threading
 import time
@@ -6,6 +7,7 @@ from contextlib import contextmanager
 import pytest
 import uvicorn
 
+from matryoshka import Encoder
 from matryoshka.server.app import Limits, create_app
 from matryoshka.server.engine import EmbeddingEngine
 
@@ -44,3 +46,18 @@ def serve(encoder):
             yield url
 
     return start
+
+
+@pytest.fixture(scope="module")
+def declared_encoder(tmp_path_factory, encoder):
+    """The same MiniLM files declared as trained for 384/256/128/64/32 dims (as a trained model is)."""
+    root = tmp_path_factory.mktemp("models") / "minilm-declared"
+    root.mkdir()
+    for entry in encoder.info.path.iterdir():
+        (root / entry.name).symlink_to(entry)
+    (root / "matryoshka.json").write_text(
+        json.dumps({"name": "minilm-declared", "full_dim": 384, "supported_dims": [384, 256, 128, 64, 32]})
+    )
+    declared = Encoder(root, device="cpu")
+    declared._model = encoder.model  # identical files: reuse the loaded weights instead of loading twice
+    return declared

@@ -1,7 +1,6 @@
 """The real server on a loopback port, called with the official openai client and plain HTTP."""
 
 import base64
-import json
 import threading
 import time
 
@@ -189,23 +188,6 @@ def test_retention_curve_is_measured_on_stsb(url):
     np.testing.assert_allclose(curve["scores"], expected, atol=2e-4)
     assert curve["retention"][-1] == 1.0
     np.testing.assert_allclose(curve["retention"][0], 0.7331 / 0.9337, atol=1e-3)
-
-
-@pytest.fixture(scope="module")
-def declared_encoder(tmp_path_factory, encoder):
-    """The same MiniLM files declared as trained for 384/256/128/64/32 dims (as a trained model is)."""
-    from matryoshka import Encoder
-
-    root = tmp_path_factory.mktemp("models") / "minilm-declared"
-    root.mkdir()
-    for entry in encoder.info.path.iterdir():
-        (root / entry.name).symlink_to(entry)
-    (root / "matryoshka.json").write_text(
-        json.dumps({"name": "minilm-declared", "full_dim": 384, "supported_dims": [384, 256, 128, 64, 32]})
-    )
-    declared = Encoder(root, device="cpu")
-    declared._model = encoder.model  # identical files: reuse the loaded weights instead of loading twice
-    return declared
 
 
 def test_declared_dims_are_enforced_and_listed(serve, declared_encoder):

@@ -43,9 +43,9 @@ def serve(
     encoder = Encoder(model)
     opened = None
     if index is not None:
-        from matryoshka.server.search import open_index
+        from matryoshka.server.search import IndexService
 
-        opened = open_index(index, encoder)
+        opened = IndexService(index, encoder)
     engine = EmbeddingEngine(encoder, max_batch, max_queue, batch_wait_ms, timeout)
     app = create_app(engine, opened, api_key, Limits(max_items, max_chars, max_body))
     typer.echo(f"serving {encoder.info.name} on http://{host}:{port}/", err=True)

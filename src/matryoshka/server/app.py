@@ -35,8 +35,13 @@ from matryoshka.server.schemas import (
     ModelCard,
     ModelList,
     RetentionCurve,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    StageReport,
     Usage,
 )
+from matryoshka.server.search import IndexService, bytes_per_vector
 from matryoshka.server.security import BodySizeLimit, bearer_ok
 
 
@@ -47,6 +52,9 @@ class Limits:
     max_items: int = 256
     max_chars: int = 8192
     max_body_bytes: int = 1 << 20
+
+
+SEARCH_MODES = ("dimensions", "funnel", "latency_ms", "recall")
 
 
 class ApiError(Exception):
@@ -109,7 +117,7 @@ def texts_from_input(value: Any, limits: Limits) -> list[str]:
 
 def create_app(
     engine: EmbeddingEngine,
-    index: Any = None,
+    index: IndexService | None = None,
     api_key: str | None = None,
     limits: Limits = Limits(),
 ) -> FastAPI:
@@ -131,6 +139,8 @@ def create_app(
             yield
         finally:
             await engine.stop()
+            if index is not None:
+                index.close()
 
     app = FastAPI(title="matryoshka", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
@@ -228,6 +238,76 @@ def create_app(
         dims = sorted(info.supported_dims, reverse=True) if info.supported_dims else None
         return ModelList(data=[ModelCard(id=info.name, full_dim=info.full_dim, supported_dims=dims)])
 
+    @app.post(
+        "/v1/search",
+        response_model=SearchResponse,
+        dependencies=guarded,
+        responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def search(body: SearchRequest) -> SearchResponse:
+        """Top k of the served index for a text query: at a prefix, through a funnel, or by default."""
+        if index is None:
+            raise ApiError(
+                404, "no index is loaded: start the server with --index DIR", "index", "index_not_found"
+            )
+        if body.index is not None and body.index != index.name:
+            raise ApiError(
+                404,
+                f"index {body.index!r} is not served here; this server serves {index.name!r}",
+                "index",
+                "index_not_found",
+            )
+        chosen = [name for name in SEARCH_MODES if getattr(body, name) is not None]
+        if len(chosen) > 1:
+            raise ApiError(
+                400, f"give at most one of {', '.join(SEARCH_MODES)} (got {', '.join(chosen)})", chosen[1]
+            )
+        if chosen and chosen[0] in ("latency_ms", "recall"):
+            raise ApiError(
+                400,
+                f"'{chosen[0]}' needs the query planner, which this server does not have yet; "
+                "use 'dimensions' or 'funnel'",
+                chosen[0],
+                "unsupported",
+            )
+        dim = engine.encoder.check_dim(body.dimensions) if body.dimensions is not None else None
+        texts_from_input(body.query, limits)
+        started = time.perf_counter()
+        full, _ = await encode([body.query])
+        encoded = time.perf_counter()
+        try:
+            result, stages = await index.search(full[0], body.k, dim, body.funnel)
+        except MatryoshkaError as exc:
+            raise ApiError(400, str(exc), chosen[0] if chosen else None, "invalid_value") from None
+        done = time.perf_counter()
+        hits = [
+            SearchHit(id=key, score=float(score), text=text)
+            for key, score, text in zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
+        ]
+        report = [
+            StageReport(
+                stage=stats.stage,
+                dim=stage.dim,
+                precision=stage.precision,
+                kept=stats.kept,
+                ms=1000 * stats.seconds,
+                bytes_read=stats.bytes_read,
+            )
+            for stage, stats in zip(stages, result.stages, strict=True)
+        ]
+        timings = {
+            "encode": 1000 * (encoded - started),
+            "search": 1000 * (done - encoded),
+            "total": 1000 * (done - started),
+        }
+        return SearchResponse(
+            index=index.name,
+            hits=hits,
+            stages=report,
+            bytes_per_vector=bytes_per_vector(stages[0], index.itemsize),
+            timings_ms=timings,
+        )
+
     @app.get("/v1/retention", response_model=RetentionCurve, dependencies=guarded)
     async def retention() -> dict:
         """What each prefix keeps (STS-B Spearman per dim), computed once in the encoder's thread."""
@@ -244,7 +324,7 @@ def create_app(
             "full_dim": info.full_dim,
             "queue_texts": engine.admitted,
             "max_queue": engine.max_queue,
-            "index": None if index is None else getattr(index, "name", "index"),
+            "index": None if index is None else index.describe(),
         }
 
     @app.get("/metrics", dependencies=guarded)

@@ -69,11 +69,11 @@ class SearchRequest(BaseModel):
 
     query: str = Field(min_length=1)
     k: int = Field(10, ge=1, le=1000)
-    index: str | None = None
-    dimensions: Any = None
-    funnel: list[int] | None = None
-    latency_ms: float | None = Field(None, gt=0)
-    recall: float | None = Field(None, gt=0, le=1)
+    index: str | None = Field(None, description="Name of the index (the one served, if given).")
+    dimensions: Any = Field(None, description="Exact search at this prefix.")
+    funnel: str | None = Field(None, description="Stages as DIM:KEEP,..., e.g. 32:1000,128:100.")
+    latency_ms: float | None = Field(None, gt=0, description="Budget for the planner (not available yet).")
+    recall: float | None = Field(None, gt=0, le=1, description="Target for the planner (not available yet).")
 
 
 class SearchHit(BaseModel):
@@ -82,12 +82,21 @@ class SearchHit(BaseModel):
     text: str | None = None
 
 
+class StageReport(BaseModel):
+    stage: str
+    dim: int
+    precision: str
+    kept: int
+    ms: float
+    bytes_read: int
+
+
 class SearchResponse(BaseModel):
     object: Literal["search.result"] = "search.result"
     index: str
     hits: list[SearchHit]
-    stages: list[dict[str, Any]]
-    bytes_per_vector: int
+    stages: list[StageReport]
+    bytes_per_vector: int = Field(description="Bytes per vector at the first stage, as the index stores it.")
     timings_ms: dict[str, float]
 
 
