@@ -8,6 +8,7 @@ import pytest
 import uvicorn
 
 from matryoshka import Encoder
+from matryoshka.index import MatryoshkaIndex
 from matryoshka.server.app import Limits, create_app
 from matryoshka.server.engine import EmbeddingEngine
 
@@ -61,3 +62,13 @@ def declared_encoder(tmp_path_factory, encoder):
     declared = Encoder(root, device="cpu")
     declared._model = encoder.model  # identical files: reuse the loaded weights instead of loading twice
     return declared
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, encoder, sentences, full_vectors):
+    path = tmp_path_factory.mktemp("index") / "stsb"
+    index = MatryoshkaIndex.create(path, model=encoder)
+    index.add(full_vectors, texts=sentences, ids=[f"s{i}" for i in range(len(sentences))])
+    index.calibrate()
+    index.close()
+    return path

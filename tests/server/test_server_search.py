@@ -4,20 +4,10 @@ import httpx
 import pytest
 
 from matryoshka import MatryoshkaError, truncate
-from matryoshka.index import MatryoshkaIndex, exact_search
+from matryoshka.index import exact_search
 from matryoshka.server.search import IndexService
 
 QUERY = "A man is playing a guitar."
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, encoder, sentences, full_vectors):
-    path = tmp_path_factory.mktemp("index") / "stsb"
-    index = MatryoshkaIndex.create(path, model=encoder)
-    index.add(full_vectors, texts=sentences, ids=[f"s{i}" for i in range(len(sentences))])
-    index.calibrate()
-    index.close()
-    return path
 
 
 @pytest.fixture(scope="module")

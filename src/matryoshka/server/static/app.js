@@ -28,11 +28,11 @@ function svg(name, attributes, text) {
 function drawCurve(curve) {
   const chart = $("curve");
   chart.replaceChildren();
-  const [width, height, left, right, top, bottom] = [640, 280, 56, 20, 16, 44];
+  const [width, height, left, right, top, bottom, pad] = [640, 280, 56, 20, 26, 44, 22];
   const percents = curve.retention.map((r) => 100 * r);
   const low = Math.max(0, Math.floor((Math.min(...percents) - 5) / 10) * 10);
   const logs = curve.dims.map(Math.log2);
-  const x = (dim) => left + ((Math.log2(dim) - logs[0]) / (logs[logs.length - 1] - logs[0] || 1)) * (width - left - right);
+  const x = (dim) => left + pad + ((Math.log2(dim) - logs[0]) / (logs[logs.length - 1] - logs[0] || 1)) * (width - left - right - 2 * pad);
   const y = (percent) => top + ((100 - percent) / (100 - low || 1)) * (height - top - bottom);
   for (let p = low; p <= 100; p += 10) {
     chart.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(p), y2: y(p) }));
