@@ -1,0 +1,286 @@
+"""Funnel search vs faiss, side by side in one run on the same vectors; writes docs/benchmarks.md.
+
+Sets: (a) real MiniLM embeddings of staged sentences with held-out sentences as queries, (b) synthetic
+384-dim vectors with a decaying spectrum and clusters (bench/search_data.py documents both).
+Peers: faiss IndexFlatIP at full dim (exact, also the recall reference), faiss HNSW at full dim, and
+faiss IndexRefineFlat over an int8 IndexScalarQuantizer (the two-stage search a faiss user assembles).
+Ours: MatryoshkaIndex funnel search (exact first stage over a resident float32 prefix, then re-ranking
+gathered float16 rows), and an HNSW graph over the 32-dim prefix only, then the same re-ranking.
+
+    PYTHONPATH=src:bench python bench/search.py [--sets real,synthetic] [--real-rows N] [--synthetic-rows N]
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: E402  (thread counts must be set before numpy and faiss load)
+import os
+
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
+import argparse
+import gc
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from matryoshka.eval.metrics import recall_at_k
+from matryoshka.index import MatryoshkaIndex
+from matryoshka.index.funnel import parse_funnel
+from report import hardware, markdown_table, write_section
+from search_data import SEED, real_texts, synthetic_vectors
+
+K = 10
+BATCH = 64
+ADD_ROWS = 100_000
+HNSW_NEIGHBOURS = 32
+HNSW_EF_CONSTRUCTION = 40
+PREFIX_GRAPH_DIM = 32
+
+
+def cached_real(rows: int, query_count: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Real vectors from the embedding cache: as many 10k-text slices as are already encoded (in order)."""
+    from matryoshka.cache import cache_dir, texts_fingerprint
+    from matryoshka.encoder import Encoder
+    from search_data import ENCODE_SLICE
+
+    corpus, queries = real_texts(rows, query_count)
+    fingerprint = Encoder(device="cpu").fingerprint
+
+    def cached(texts: list[str]) -> np.ndarray | None:
+        path = cache_dir() / "embeddings" / f"{fingerprint}-{texts_fingerprint(texts)}.npy"
+        return np.load(path) if path.exists() else None
+
+    query_vectors = cached(queries)
+    slices = []
+    for start in range(0, rows, ENCODE_SLICE):
+        block = cached(corpus[start : start + ENCODE_SLICE])
+        if block is None:
+            break
+        slices.append(block)
+    if query_vectors is None or not slices:
+        raise SystemExit("real vectors are not cached yet: run search_data.real_vectors() first")
+    return np.concatenate(slices), query_vectors
+
+
+def timed_qps(
+    search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, batch: int, count: int
+) -> float:
+    """Queries per second over the first ``count`` queries sent ``batch`` at a time (after one warm-up)."""
+    search(queries[:batch])
+    started = time.perf_counter()
+    for start in range(0, count, batch):
+        search(queries[start : start + batch])
+    return count / (time.perf_counter() - started)
+
+
+def graph_bytes(index) -> int:
+    """Bytes of an HNSW graph's links (serialised size minus its stored vectors)."""
+    return len(faiss.serialize_index(index)) - index.ntotal * index.d * 4
+
+
+def run_set(
+    name: str, corpus: np.ndarray, queries: np.ndarray, count_b1: int, count_b64: int, publish: Callable
+) -> list[list]:
+    rows, dim = corpus.shape
+    results: list[list] = []
+
+    def record(method: str, build_s: float, memory: int, found: np.ndarray, b1: float, b64: float) -> None:
+        recall = recall_at_k(found, exact, K)
+        results.append(
+            [method, f"{recall:.4f}", f"{b1:.1f}", f"{b64:.1f}", f"{memory / 1e6:.0f}", f"{build_s:.1f}"]
+        )
+        print(name, results[-1], flush=True)
+        publish(results)
+
+    # faiss exact flat: the recall reference and the QPS baseline.
+    started = time.perf_counter()
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(corpus)
+    flat_build = time.perf_counter() - started
+    _, exact = flat.search(queries, K)
+    flat_b1 = timed_qps(lambda q: flat.search(q, K), queries, 1, count_b1)
+    flat_b64 = timed_qps(lambda q: flat.search(q, K), queries, BATCH, count_b64)
+    record("faiss IndexFlatIP, full dim (exact)", flat_build, rows * dim * 4, exact, flat_b1, flat_b64)
+    flat.reset()
+    gc.collect()
+
+    # Ours: build the on-disk index, hold the first stage's prefix in memory, funnel search.
+    with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
+        started = time.perf_counter()
+        index = MatryoshkaIndex.create(Path(tmp) / "idx", full_dim=dim)
+        for start in range(0, rows, ADD_ROWS):
+            index.add(corpus[start : start + ADD_ROWS])
+        build = time.perf_counter() - started
+        funnels = ["32:200,128:50", "32:500,128:50", "32:1000,128:100", "64:200,128:50", "64:500,128:100"]
+        funnels += ["32:1000,128:100,256:30", "64:1000,128:100,256:30", "32:2000,128:200,256:30"]
+        funnels += ["32:3000,128:300,256:50", "64:2000,128:200,256:50"]
+        chosen = []
+        for text in funnels:
+            stages = parse_funnel(text, dim, K)
+            index.load(stages[0].dim)
+            found = index.search(queries, K, funnel=stages).rows
+            recall = recall_at_k(found, exact, K)
+            print(name, "funnel", text, f"recall {recall:.4f}", flush=True)
+            chosen.append((recall, text))
+        good = [text for recall, text in chosen if recall >= 0.99]
+        best_recall = max(chosen)[1]
+        shown = list(dict.fromkeys([*good[:2], best_recall]))
+        for text in shown:
+            stages = parse_funnel(text, dim, K)
+
+            def ours(q, stages=stages):
+                return index.search(q, K, funnel=stages).rows
+
+            found = ours(queries)
+            memory = index.resident[stages[0].dim].nbytes
+            b1 = timed_qps(ours, queries, 1, count_b1 * 4)
+            b64 = timed_qps(ours, queries, BATCH, count_b64)
+            record(f"ours: funnel {text},{dim}:{K}", build, memory, found, b1, b64)
+
+        # Ours, approximate first stage: HNSW over the 32-dim prefix only, then re-ranking.
+        started = time.perf_counter()
+        index.build_hnsw(PREFIX_GRAPH_DIM, HNSW_NEIGHBOURS, HNSW_EF_CONSTRUCTION)
+        prefix_build = time.perf_counter() - started
+        graph = index._graphs[PREFIX_GRAPH_DIM]
+        prefix_graph = graph_bytes(graph)
+        for text in ("32:200,128:50", "32:500,128:100", "32:1000,128:100,256:30"):
+            stages = parse_funnel(text, dim, K)
+
+            def ours_hnsw(q, stages=stages):
+                return index.search(q, K, funnel=stages, hnsw=True).rows
+
+            found = ours_hnsw(queries)
+            b1 = timed_qps(ours_hnsw, queries, 1, count_b1 * 4)
+            b64 = timed_qps(ours_hnsw, queries, BATCH, count_b64)
+            memory = prefix_graph + rows * PREFIX_GRAPH_DIM * 4
+            record(
+                f"ours: HNSW@32 graph {prefix_graph / 1e6:.0f} MB, funnel {text}",
+                prefix_build,
+                memory,
+                found,
+                b1,
+                b64,
+            )
+        index.close()
+
+    # faiss two-stage: int8 scalar quantiser shortlist, exact re-ranking of k_factor * k rows.
+    started = time.perf_counter()
+    sq8 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq8.train(corpus)
+    refine = faiss.IndexRefineFlat(sq8)
+    refine.add(corpus)
+    refine_build = time.perf_counter() - started
+    for k_factor in (2, 4, 8):
+        parameters = faiss.IndexRefineSearchParameters(k_factor=k_factor)
+
+        def peer(q, parameters=parameters):
+            return refine.search(q, K, params=parameters)[1]
+
+        found = peer(queries)
+        b1 = timed_qps(peer, queries, 1, count_b1)
+        b64 = timed_qps(peer, queries, BATCH, count_b64)
+        memory = rows * dim * 5
+        record(f"faiss RefineFlat(SQ8), k_factor {k_factor}", refine_build, memory, found, b1, b64)
+    refine.reset()
+    gc.collect()
+
+    # faiss HNSW at full dim.
+    started = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    hnsw.add(corpus)
+    hnsw_build = time.perf_counter() - started
+    full_graph = graph_bytes(hnsw)
+    for ef in (64, 128, 256):
+        hnsw.hnsw.efSearch = ef
+
+        def peer_hnsw(q):
+            return hnsw.search(q, K)[1]
+
+        found = peer_hnsw(queries)
+        b1 = timed_qps(peer_hnsw, queries, 1, count_b1 * 4)
+        b64 = timed_qps(peer_hnsw, queries, BATCH, count_b64)
+        memory = full_graph + rows * dim * 4
+        record(
+            f"faiss HNSW full dim, graph {full_graph / 1e6:.0f} MB, efSearch {ef}",
+            hnsw_build,
+            memory,
+            found,
+            b1,
+            b64,
+        )
+    hnsw.reset()
+    gc.collect()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sets", default="real,synthetic")
+    parser.add_argument("--real-rows", type=int, default=100_000)
+    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    sections: list[str] = []
+    started = time.perf_counter()
+    headers = ["method", f"recall@{K}", "QPS b1", f"QPS b{BATCH}", "memory MB", "build s"]
+
+    def publish(label: str, rows: list[list], done: bool) -> None:
+        """Rewrite the section after every measurement, so a long run keeps what it measured."""
+        current = [*sections, f"### {label}\n\n{markdown_table(headers, rows)}\n"]
+        state = "" if done else " (run in progress: the rows above are complete, later ones are missing)"
+        notes = NOTES.format(
+            batch=BATCH,
+            k=K,
+            neighbours=HNSW_NEIGHBOURS,
+            ef=HNSW_EF_CONSTRUCTION,
+            wall=time.perf_counter() - started,
+            hardware=hardware(),
+        )
+        write_section("search", "## Search: funnel vs faiss\n\n" + "\n".join(current) + "\n" + notes + state)
+        if done:
+            sections.append(current[-1])
+
+    for name in args.sets.split(","):
+        if name == "real":
+            corpus, queries = cached_real(args.real_rows, args.queries)
+            label = f"(a) real: {len(corpus):,} MiniLM vectors of sentences, {len(queries)} held-out queries"
+        else:
+            corpus, queries = synthetic_vectors(args.synthetic_rows, args.queries, seed=SEED)
+            label = (
+                f"(b) synthetic: {len(corpus):,} x 384 clustered decaying-spectrum, {len(queries)} queries"
+            )
+        count_b1 = 50 if len(corpus) > 300_000 else 200
+        count_b64 = min(len(queries), 256 if len(corpus) > 300_000 else 1024) // BATCH * BATCH
+        rows = run_set(
+            name, corpus, queries, count_b1, count_b64, lambda r, label=label: publish(label, r, False)
+        )
+        publish(label, rows, True)
+        del corpus, queries
+        gc.collect()
+
+
+NOTES = (
+    "Recall@{k} is against faiss exact full-dim search. QPS b1: queries sent one at a time; "
+    "b{batch}: batches of {batch}. Memory: what the search holds in RAM (ours: the float32 first-stage "
+    "prefix, plus the prefix "
+    "graph for HNSW; re-ranking reads float16 rows from the memory-mapped chunk files); faiss: its vectors "
+    "(+ codes, + graph). Build s: ours includes writing the on-disk index (float16 chunks, int8 and binary "
+    "codes, SQLite ids); HNSW rows show graph build time only (M={neighbours}, efConstruction={ef}). "
+    "Every method runs single-threaded (OMP/OpenBLAS/torch threads = 1) because the 2 cores were shared with "
+    "other jobs (load average above 10), where multi-threaded BLAS spins; absolute QPS is therefore noisy, "
+    "ratios within one table are what to read. Wall time of the run: {wall:.0f} s on {hardware}."
+)
+
+
+if __name__ == "__main__":
+    main()
