@@ -90,6 +90,10 @@ async function runColumn(id) {
   }
 }
 
+function shorten(text, length) {
+  return text.length > length ? text.slice(0, length - 1) + "…" : text;
+}
+
 function render(column, title, result) {
   const fullIds = state.full ? new Set(state.full.hits.map((hit) => hit.id)) : null;
   const isFull = column.id === "col-full";
@@ -105,7 +109,7 @@ function render(column, title, result) {
     item.dataset.id = hit.id;
     if (fullIds && !isFull && !fullIds.has(hit.id)) { item.classList.add("changed"); changed += 1; }
     const score = Object.assign(document.createElement("span"), { className: "score", textContent: hit.score.toFixed(3) });
-    item.append(score, document.createTextNode(hit.text || hit.id));
+    item.append(score, document.createTextNode(shorten(hit.text || hit.id, 240)));
     item.title = `id ${hit.id}`;
     list.append(item);
   }
@@ -120,7 +124,7 @@ function render(column, title, result) {
       const missedList = Object.assign(document.createElement("div"), { className: "meta" });
       missedList.append("missed: ");
       for (const hit of missed) missedList.append(Object.assign(document.createElement("span"),
-        { className: "missed", textContent: (hit.text || hit.id).slice(0, 60) + "  " }));
+        { className: "missed", textContent: shorten(hit.text || hit.id, 60) + "  " }));
       children.push(missedList);
     }
   }
