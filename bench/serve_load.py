@@ -33,7 +33,6 @@ CONFIGS = [
     ("one request at a time", ["--max-batch", "1", "--max-queue", "256"]),
     ("micro-batching, small queue", ["--max-batch", "64", "--max-queue", "64", "--max-items", "64"]),
 ]
-BACKOFF_S = 0.1  # a refused client waits this long before its next request
 
 
 def free_port() -> int:
@@ -80,8 +79,8 @@ async def client(http: httpx.AsyncClient, url: str, texts: list[str], stop_at: f
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         log.append((status, time.monotonic() - started))
-        if status in (429, 503):
-            await asyncio.sleep(BACKOFF_S)
+        if status in (429, 503):  # as the openai client does: wait what Retry-After says
+            await asyncio.sleep(float(response.headers.get("retry-after", 1)))
 
 
 async def load(url: str, texts: list[str], clients: int, seconds: float) -> tuple[list, float]:
@@ -146,6 +145,7 @@ def main() -> None:
     pairs = load_stsb("test")
     texts = list(dict.fromkeys(pairs.first + pairs.second))
     results = []
+    load_before = os.getloadavg()[0]
     for name, options in CONFIGS:
         print(f"{name}: {args.clients} clients for {args.seconds:g} s ...", flush=True)
         result = run_config(options, texts, args.clients, args.seconds)
@@ -186,9 +186,12 @@ def main() -> None:
     markdown = (
         f"{args.clients} concurrent clients for {args.seconds:g} s per configuration, each posting one STS-B "
         "test sentence per request to `POST /v1/embeddings` (`dimensions=64`, all-MiniLM-L6-v2, CPU), over "
-        f"loopback; a refused client waits {BACKOFF_S:g} s. Each configuration is a fresh "
-        "`matryoshka serve` process; the clients run on the same cores as the server. Latencies are of "
-        "successful requests, client side.\n\n" + markdown_table(headers, rows)
+        "loopback; a refused client waits what `Retry-After` says (1 s), as the openai client does. Each "
+        "configuration is a fresh `matryoshka serve` process; the clients run on the same cores as the "
+        "server. Latencies are of successful requests, client side. The machine was shared with other "
+        f"jobs: 1-minute load average {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after "
+        "it, so absolute figures are low; the ratio between rows, measured in the same run, is the "
+        "result.\n\n" + markdown_table(headers, rows)
     )
     print(markdown)
     if not args.no_write:

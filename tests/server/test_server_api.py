@@ -128,11 +128,14 @@ def test_models_lists_full_and_supported_dims(client):
 
 
 def test_health_metrics_and_page(url):
+    assert post(url, {"model": "minilm", "input": "counted"}).status_code == 200
+    assert post(url, {"model": "minilm", "input": "counted", "dimensions": 0}).status_code == 400
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["full_dim"] == 384 and health["queue_texts"] == 0
     metrics = httpx.get(f"{url}/metrics").text
     assert 'matryoshka_requests_total{route="/v1/embeddings",status="200"}' in metrics
     assert 'matryoshka_requests_total{route="/v1/embeddings",status="400"}' in metrics
+    assert 'matryoshka_requests_total{route="/health",status="200"}' in metrics
     assert "matryoshka_batch_texts_count" in metrics and "matryoshka_queue_texts 0.0" in metrics
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and "<html" in page.text.lower()

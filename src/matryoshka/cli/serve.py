@@ -10,6 +10,8 @@ from matryoshka.cli._common import user_errors
 from matryoshka.encoder import Encoder
 from matryoshka.errors import MatryoshkaError
 
+KEEP_ALIVE_S = 30  # idle keep-alive connections live this long (uvicorn's 5 s races busy clients)
+
 
 @user_errors
 def serve(
@@ -49,4 +51,4 @@ def serve(
     engine = EmbeddingEngine(encoder, max_batch, max_queue, batch_wait_ms, timeout)
     app = create_app(engine, opened, api_key, Limits(max_items, max_chars, max_body))
     typer.echo(f"serving {encoder.info.name} on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_S)

@@ -24,7 +24,7 @@ from matryoshka.models import ALIASES
 from matryoshka.server.curve import retention_curve
 from matryoshka.server.engine import EmbeddingEngine, EncodeTimeout, Overloaded
 from matryoshka.server.errors import ApiError, Limits, install_error_handlers, texts_from_input
-from matryoshka.server.metrics import ServerMetrics
+from matryoshka.server.metrics import RequestMetrics, ServerMetrics
 from matryoshka.server.schemas import (
     Embedding,
     EmbeddingRequest,
@@ -74,19 +74,7 @@ def create_app(
 
     app = FastAPI(title="matryoshka", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
-
-    @app.middleware("http")
-    async def record(request: Request, call_next):
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.observe("error", 500, time.perf_counter() - started)
-            raise
-        route = request.scope.get("route")
-        name = route.path if route is not None and hasattr(route, "methods") else "static"
-        metrics.observe(name, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
 
     install_error_handlers(app)
 
