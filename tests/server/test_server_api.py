@@ -166,7 +166,12 @@ def test_full_queue_answers_503_at_once(serve):
         while httpx.get(f"{base}/health").json()["queue_texts"] < 8:
             assert time.monotonic() < deadline, "the long request never filled the queue"
         refused = post(base, {"model": "minilm", "input": "one more"})
+        # Shed before the body is read: even a broken body gets the 503, not a 400.
+        unread = httpx.post(
+            f"{base}/v1/embeddings", content=b"{", headers={"content-type": "application/json"}
+        )
         worker.join()
+    assert unread.status_code == 503
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "overloaded"

@@ -40,7 +40,7 @@ from matryoshka.server.schemas import (
     Usage,
 )
 from matryoshka.server.search import IndexService, bytes_per_vector
-from matryoshka.server.security import BodySizeLimit, bearer_ok
+from matryoshka.server.security import BodySizeLimit, LoadShedding, bearer_ok
 
 SEARCH_MODES = ("dimensions", "funnel", "latency_ms", "recall")
 
@@ -74,7 +74,8 @@ def create_app(
 
     app = FastAPI(title="matryoshka", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
+    app.add_middleware(LoadShedding, engine=engine)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s and shed 503s too
 
     install_error_handlers(app)
 

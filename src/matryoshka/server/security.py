@@ -96,3 +96,37 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class LoadShedding:
+    """ASGI middleware: while the engine's queue is full, answer encoding routes 503 before reading bodies.
+
+    The engine refuses what does not fit anyway; this makes the refusal cost no parsing, so an
+    overloaded server spends its time on the requests it admitted.
+    """
+
+    def __init__(self, app, engine, paths: tuple[str, ...] = ("/v1/embeddings", "/v1/search")) -> None:
+        self.app = app
+        self.engine = engine
+        self.paths = paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] in self.paths
+            and self.engine.admitted >= self.engine.max_queue
+        ):
+            body = error_json(
+                f"the server is busy ({self.engine.admitted} texts queued, limit {self.engine.max_queue})",
+                "overloaded",
+                "server_busy",
+            )
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
