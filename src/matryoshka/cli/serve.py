@@ -24,7 +24,10 @@ def serve(
         None, "--api-key", envvar="MATRYOSHKA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1."
     ),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback address without a key."),
-    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most texts per forward pass."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most texts encoded together."),
+    encode_batch: int = typer.Option(
+        16, "--encode-batch", min=1, help="Texts per forward pass inside a batch (sorted by length)."
+    ),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Most texts queued; beyond: 503."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0, help="Wait for a batch to fill."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds a request may wait."),
@@ -52,7 +55,9 @@ def serve(
     # other at every barrier cost far more than they give (measured: 1 text in 30-75 ms with one thread,
     # 250-1250 ms with two, on 2 shared cores).
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
-    encoder = Encoder(model)
+    # Mini-batches of length-sorted texts pad little: 64 mixed STS-B sentences took ~1.0 s in passes of 16
+    # against ~2.4 s in one pass of 64 and ~1.9 s one by one (one thread, shared machine).
+    encoder = Encoder(model, batch_size=encode_batch)
     opened = None
     if index is not None:
         from matryoshka.server.search import IndexService

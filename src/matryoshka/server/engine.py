@@ -40,7 +40,8 @@ class EmbeddingEngine:
 
     Args:
         encoder: the model; every request is answered from ``encoder.encode_full``.
-        max_batch: most texts per forward pass (1 disables batching across requests).
+        max_batch: most texts encoded together (1 disables batching across requests); the encoder
+            sorts them by length and runs forward passes of its own ``batch_size``.
         max_queue: most texts admitted at once (waiting or being encoded); more gets :class:`Overloaded`.
         batch_wait_ms: how long the first request of a batch waits for others to join it.
         timeout_s: how long a request may wait for its vectors before :class:`EncodeTimeout`.

@@ -30,7 +30,10 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "matryoshka_batch_texts", "Texts per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
+            "matryoshka_batch_texts",
+            "Texts per batch (one encode call)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
             "matryoshka_queue_texts", "Texts waiting or being encoded", registry=self.registry
