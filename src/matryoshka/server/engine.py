@@ -65,7 +65,7 @@ class EmbeddingEngine:
         self.batch_wait_s = batch_wait_ms / 1000
         self.timeout_s = timeout_s
         self.on_batch = on_batch
-        self.admitted = 0  # texts waiting or in a forward pass
+        self.admitted = 0  # texts of the requests still waiting for their vectors
         self._queue: asyncio.Queue[_Job] | None = None
         self._held: _Job | None = None  # a job that did not fit the previous batch
         self._worker: asyncio.Task | None = None
@@ -93,12 +93,14 @@ class EmbeddingEngine:
         if self.admitted + len(texts) > self.max_queue:
             raise Overloaded(f"the server is busy ({self.admitted} texts queued, limit {self.max_queue})")
         future = asyncio.get_running_loop().create_future()
-        self.admitted += len(texts)
+        self.admitted += len(texts)  # counted back exactly once, when this request gets its answer
         self._queue.put_nowait(_Job(texts, future))
         try:
             return await asyncio.wait_for(future, self.timeout_s)
         except TimeoutError:
             raise EncodeTimeout(f"no result within {self.timeout_s:g}s; the server is overloaded") from None
+        finally:
+            self.admitted -= len(texts)
 
     async def run_exclusive(self, function: Callable, *args):
         """Run ``function(*args)`` in the worker thread, between forward passes (the model is not shared)."""
@@ -139,7 +141,6 @@ class EmbeddingEngine:
         while True:
             batch = await self._next_batch()
             live = [job for job in batch if not job.future.done()]  # timed-out jobs are dropped
-            self.admitted -= sum(len(job.texts) for job in batch if job.future.done())
             if not live:
                 continue
             texts = [text for job in live for text in job.texts]
@@ -158,5 +159,3 @@ class EmbeddingEngine:
                     if not job.future.done():
                         job.future.set_result((vectors[start:end], tokens[start:end]))
                     start = end
-            finally:
-                self.admitted -= len(texts)
