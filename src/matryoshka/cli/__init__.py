@@ -10,6 +10,7 @@ from matryoshka.cli.eval import eval_command
 from matryoshka.cli.index import index_app
 from matryoshka.cli.models import models
 from matryoshka.cli.search import search
+from matryoshka.cli.serve import serve
 
 app = typer.Typer(
     name="matryoshka",
@@ -24,6 +25,7 @@ app.command()(demo)
 app.command(name="eval")(eval_command)
 app.command()(search)
 app.add_typer(index_app, name="index")
+app.command()(serve)
 
 
 def main() -> None:

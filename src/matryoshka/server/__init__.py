@@ -1,0 +1,1 @@
+"""HTTP serving: OpenAI-compatible embeddings at any dimension, search over an index, and a web page."""
