@@ -16,6 +16,8 @@ from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes, to_binary, t
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from matryoshka.train.adapter import Adapter
+
 Embeddings = np.ndarray | Int8Codes | BinaryCodes
 PROGRESS_MIN_TEXTS = 1000  # inputs at least this long get a progress bar
 
@@ -34,6 +36,9 @@ class Encoder:
         device: ``"cpu"``, ``"cuda"``...; the GPU when present by default.
         batch_size: texts per forward pass (batches are formed after sorting texts by length).
         show_progress: force the progress bar on or off; by default it shows on long inputs.
+        adapter: a post-hoc adapter (file, directory or :class:`~matryoshka.train.adapter.Adapter`)
+            applied to every full-dim vector; by default the one saved in the model directory, if any
+            (``False``: none).
 
     Example:
         >>> encoder = Encoder()
@@ -47,12 +52,35 @@ class Encoder:
         device: str | None = None,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        adapter: str | os.PathLike | Adapter | bool | None = None,
     ) -> None:
         self.info: ModelInfo = resolve_model(model)
         self.device = device or _default_device()
         self.batch_size = batch_size
         self.show_progress = show_progress
         self._model: SentenceTransformer | None = None
+        self.adapter = self._load_adapter(adapter)
+
+    def _load_adapter(self, adapter: str | os.PathLike | Adapter | bool | None) -> Adapter | None:
+        """The given adapter, else the one saved in the model directory; refused if fitted elsewhere."""
+        from matryoshka.models import ADAPTER_FILE
+        from matryoshka.train.adapter import Adapter
+
+        if adapter is False:
+            return None
+        if adapter is None or adapter is True:
+            if not (self.info.path / ADAPTER_FILE).is_file():
+                return None
+            adapter = self.info.path / ADAPTER_FILE
+        if not isinstance(adapter, Adapter):
+            adapter = Adapter.load(adapter)
+        if adapter.input_dim != self.full_dim:
+            raise MatryoshkaError(
+                f"adapter expects {adapter.input_dim}-dim vectors, "
+                f"model {self.info.name} gives {self.full_dim}"
+            )
+        adapter.check_source(self.info.name, self.info.fingerprint)
+        return adapter
 
     @property
     def full_dim(self) -> int:
@@ -60,8 +88,8 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the vectors this encoder produces (model files; later also backend and adapter)."""
-        return self.info.fingerprint
+        """Identifies the vectors this encoder produces (model files and adapter; later also backend)."""
+        return self.info.fingerprint + (f"-adapter-{self.adapter.hash}" if self.adapter else "")
 
     @property
     def model(self) -> SentenceTransformer:
@@ -90,7 +118,8 @@ class Encoder:
         vectors = self.model.encode(
             texts, batch_size=self.batch_size, show_progress_bar=progress, convert_to_numpy=True
         )
-        return truncate(np.asarray(vectors, dtype=np.float32))
+        vectors = truncate(np.asarray(vectors, dtype=np.float32))
+        return self.adapter.transform(vectors) if self.adapter else vectors
 
     def encode(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from matryoshka.cli.adapt import adapt
 from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
 from matryoshka.cli.models import models
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command()(encode)
 app.command()(models)
 app.command()(demo)
+app.add_typer(adapt, name="adapt")
 
 
 def main() -> None:
