@@ -25,11 +25,12 @@ def encode(
     precision: str = typer.Option("float32", "--precision", "-p", help=f"One of {', '.join(PRECISIONS)}."),
     field: str = typer.Option("text", "--field", help="JSONL field holding the text."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Post-hoc adapter to apply (file or dir)."),
 ) -> None:
     """Encode texts at any dimension and precision."""
     if precision not in PRECISIONS:
         raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    encoder = Encoder(model, batch_size=batch_size)
+    encoder = Encoder(model, batch_size=batch_size, adapter=adapter)
     dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
     texts = read_texts(input, field)
     result = encoder.encode(texts, dim=dim, precision=precision)

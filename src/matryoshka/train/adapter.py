@@ -133,7 +133,7 @@ def check_vectors(vectors: np.ndarray, input_dim: int | None = None, what: str =
     return vectors.astype(np.float32, copy=False)
 
 
-def sentence_queries(texts: Sequence[str], per_text: int = 2, min_words: int = 6, seed: int = 0) -> list[str]:
+def sentence_queries(texts: Sequence[str], per_text: int = 1, min_words: int = 6, seed: int = 0) -> list[str]:
     """Query-like texts from a corpus alone: up to ``per_text`` sentences of each text, drawn at random.
 
     A document's own sentences are short, self-contained statements about it, as users' queries are;
