@@ -166,3 +166,12 @@ def test_cli_refuses_bad_input_with_exit_2(tmp_path, full_vectors, fitted):
     for message, args in cases.items():
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_mlp_adapter_round_trips_with_its_residual(tmp_path, full_vectors):
+    mlp = fit_adapter(full_vectors[:200], "mlp", epochs=6, random_candidates=32)
+    assert mlp.mlp is not None and np.abs(mlp.mlp[2]).max() > 0  # the residual branch was trained
+    loaded = Adapter.load(mlp.save(tmp_path / "mlp.npz"))
+    np.testing.assert_array_equal(loaded.transform(full_vectors), mlp.transform(full_vectors))
+    linear_part = truncate((full_vectors - mlp.mean) @ mlp.weight)
+    assert not np.allclose(loaded.transform(full_vectors), linear_part, atol=1e-6)
