@@ -6,7 +6,8 @@ output is cut with :func:`matryoshka.dims.truncate` like any other vector.
 - ``raw``: identity (plain truncation), the baseline to beat.
 - ``pca``: the PCA rotation of the fitting vectors (centred, components by decreasing variance).
 - ``select``: learned truncation: a permutation of the original coordinates, most important first.
-- ``linear``: a full matrix, initialised from the PCA rotation and trained with the multi-prefix objective.
+- ``linear``: a rotation, initialised with the principal axes first and the mean direction last, trained
+  with the multi-prefix objective (:mod:`matryoshka.train.adapter_objective`); full-dim rankings stay.
 - ``mlp``: ``linear`` plus a small residual MLP (zero-initialised, so it starts as ``linear``).
 
 An adapter is one ``.npz`` file (arrays plus JSON metadata: source model or provider, input dim, dims,

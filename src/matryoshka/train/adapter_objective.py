@@ -62,7 +62,12 @@ def train(
     orthogonal: bool = True,
     seed: int = 0,
 ) -> tuple[Adapter, str]:
-    """Fit a ``linear``/``mlp``/``select`` adapter; returns it and a description of the objective."""
+    """Fit a ``linear``/``mlp``/``select`` adapter; returns it and a description of the objective.
+
+    ``init="mean-last"`` starts from :func:`mean_last_rotation` (no centring), ``"pca"`` from the centred
+    PCA rotation, ``"identity"`` from plain truncation; ``orthogonal`` keeps the matrix a rotation
+    (Cayley map of a learned skew matrix), so full-dim similarities stay exactly those of the input.
+    """
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -143,7 +148,8 @@ def train(
         anchor_batch, candidates = anchors_t[batch], corpus[candidate_ids]
         is_self = torch.from_numpy(anchor_self[batch])[:, None] == candidate_ids[None, :]
         teacher = anchor_batch @ candidates.T
-        centred = F.normalize(anchor_batch - mean_t, dim=-1) @ F.normalize(candidates - mean_t, dim=-1).T
+        # Full-dim cosines in the adapter's own frame (centred when it centres), for the pairwise term.
+        reference = F.normalize(anchor_batch - mean_t, dim=-1) @ F.normalize(candidates - mean_t, dim=-1).T
         target = F.softmax((teacher / temperature).masked_fill(is_self, -1e4), dim=-1)
         loss = torch.zeros(())
         weight_now = current_weight() if kind != "select" else None
@@ -158,7 +164,7 @@ def train(
             log_probs = F.log_softmax((student * scale).masked_fill(is_self, -1e4), dim=-1)
             term = F.kl_div(log_probs, target, reduction="batchmean")
             if cosine_weight:
-                term = term + cosine_weight * ((student - centred)[~is_self] ** 2).mean()
+                term = term + cosine_weight * ((student - reference)[~is_self] ** 2).mean()
             loss = loss + weight * term
         if pairs is not None and pair_weight:
             chosen = rng.choice(len(pairs[0]), min(batch_size, len(pairs[0])), replace=False)
