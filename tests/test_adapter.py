@@ -9,7 +9,7 @@ from matryoshka.index.search import exact_search
 from matryoshka.models import ADAPTER_FILE
 from matryoshka.train.adapter import Adapter, fit_adapter, sentence_queries
 
-SMALL_DIMS = (128, 64, 32, 16, 8)
+PREFIX_DIMS = (256, 128, 64, 32, 16, 8)
 
 
 def neighbour_recall(vectors: np.ndarray, adapted: np.ndarray, dim: int) -> float:
@@ -38,13 +38,13 @@ def test_orthogonal_adapter_keeps_full_dim_rankings(full_vectors, fitted):
 def test_objective_lowers_prefix_mismatch_at_every_dim(full_vectors, fitted):
     """Fitted on 300 real sentences, every short prefix keeps more full-dim neighbours than raw truncation."""
     adapted = fitted.transform(full_vectors)
-    for dim in SMALL_DIMS:
+    for dim in PREFIX_DIMS:
         raw, ours = (
             neighbour_recall(full_vectors, full_vectors, dim),
             neighbour_recall(full_vectors, adapted, dim),
         )
-        assert ours > raw + 0.02, (dim, raw, ours)
-    assert neighbour_recall(full_vectors, adapted, 384) > 0.97  # full dim stays close to the original
+        assert ours > raw + 0.05, (dim, raw, ours)  # measured: 0.85 -> 0.94 at 256, 0.26 -> 0.61 at 8
+    assert neighbour_recall(full_vectors, adapted, 384) > 0.999  # a rotation: the full dim is unchanged
 
 
 def test_adapter_file_round_trips(tmp_path, full_vectors, fitted):
