@@ -8,6 +8,7 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
+import os
 import time
 
 import adapt_data
@@ -18,6 +19,7 @@ DIMS = [384, 256, 128, 64, 32, 16, 8]
 
 
 def main() -> None:
+    load_before = os.getloadavg()[0]
     data = adapt_data.scifact()
     docs, queries = adapt_data.vectors(data.doc_texts), adapt_data.vectors(data.query_texts)
     pseudo = adapt_data.vectors(sentence_queries(data.doc_texts))
@@ -47,8 +49,8 @@ def main() -> None:
         "all-MiniLM-L6-v2 vectors, frozen; exact search over the 5,183 documents for the 300 test queries. "
         "Every fitted method sees only the corpus texts (or, last row, STS-B train sentences); no query or "
         "qrel is used. Fit times are wall seconds on one thread of a 2-core machine shared with three other "
-        "jobs (load average ~14-17 while measured), so they overstate the fit cost on an idle machine.\n\n"
-        + table,
+        f"jobs (1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), "
+        "so they overstate the fit cost on an idle machine.\n\n" + table,
     )
 
 

@@ -3,6 +3,7 @@ real vectors. Writes the `adapt_stsb` section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ DIMS = [384, 256, 128, 64, 32, 16, 8]
 
 
 def main() -> None:
+    load_before = os.getloadavg()[0]
     test = adapt_data.stsb_test()
     train = adapt_data.vectors(adapt_data.stsb_train_sentences())
     scifact_docs = adapt_data.vectors(adapt_data.scifact().doc_texts)
@@ -48,7 +50,8 @@ def main() -> None:
         "## Post-hoc adapters on STS-B (test Spearman x100 by prefix dim)\n\n"
         "all-MiniLM-L6-v2 vectors, frozen; fitted on the 10,566 distinct STS-B train sentences only (last "
         "row: on the SciFact corpus). Fit times are wall seconds on one thread of a 2-core machine shared "
-        "with three other jobs (load average ~10-15 while measured).\n\n"
+        f"with three other jobs (1-minute load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end).\n\n"
         + table
         + "\n\n### Fit time on pooled real vectors (STS-B train + test sentences + SciFact corpus)\n\n"
         + markdown_table(["kind", "vectors", "fit s (2 epochs, 1 thread)"], timings),
