@@ -23,6 +23,8 @@ from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes, to_binary, t
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from matryoshka.train.adapter import Adapter
+
 Embeddings = np.ndarray | Int8Codes | BinaryCodes
 PROGRESS_MIN_TEXTS = 1000  # inputs at least this long get a progress bar
 
@@ -45,6 +47,9 @@ class Encoder:
             by default ``$MATRYOSHKA_BACKEND``, else the fastest one that passed the quality bar
             on CPU (see :mod:`matryoshka.onnx_backend`) and torch on a GPU. ONNX runs on CPU.
         threads: CPU threads for the forward pass (default: all cores).
+        adapter: a post-hoc adapter (file, directory or :class:`~matryoshka.train.adapter.Adapter`)
+            applied to every full-dim vector; by default the one saved in the model directory, if any
+            (``False``: none).
 
     Example:
         >>> encoder = Encoder()
@@ -60,6 +65,7 @@ class Encoder:
         show_progress: bool | None = None,
         backend: str | None = None,
         threads: int | None = None,
+        adapter: str | os.PathLike | Adapter | bool | None = None,
     ) -> None:
         self.info: ModelInfo = resolve_model(model)
         if backend is None:
@@ -77,6 +83,28 @@ class Encoder:
         self.threads = threads
         self._model: SentenceTransformer | None = None
         self._runner: OnnxRunner | None = None
+        self.adapter = self._load_adapter(adapter)
+
+    def _load_adapter(self, adapter: str | os.PathLike | Adapter | bool | None) -> Adapter | None:
+        """The given adapter, else the one saved in the model directory; refused if fitted elsewhere."""
+        from matryoshka.models import ADAPTER_FILE
+        from matryoshka.train.adapter import Adapter
+
+        if adapter is False:
+            return None
+        if adapter is None or adapter is True:
+            if not (self.info.path / ADAPTER_FILE).is_file():
+                return None
+            adapter = self.info.path / ADAPTER_FILE
+        if not isinstance(adapter, Adapter):
+            adapter = Adapter.load(adapter)
+        if adapter.input_dim != self.full_dim:
+            raise MatryoshkaError(
+                f"adapter expects {adapter.input_dim}-dim vectors, "
+                f"model {self.info.name} gives {self.full_dim}"
+            )
+        adapter.check_source(self.info.name, self.info.fingerprint)
+        return adapter
 
     @property
     def full_dim(self) -> int:
@@ -84,11 +112,11 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the vectors this encoder produces: model files and backend (torch keeps the bare
-        model fingerprint, so vectors cached before backends existed stay valid)."""
-        if self.backend == "torch":
-            return self.info.fingerprint
-        return f"{self.info.fingerprint}-{self.backend}-v{EXPORT_VERSION}"
+        """Identifies the vectors this encoder produces: model files, backend and adapter (torch keeps the
+        bare model fingerprint, so vectors cached before backends existed stay valid)."""
+        backend = "" if self.backend == "torch" else f"-{self.backend}-v{EXPORT_VERSION}"
+        adapter = f"-adapter-{self.adapter.hash}" if self.adapter else ""
+        return f"{self.info.fingerprint}{backend}{adapter}"
 
     @property
     def model(self) -> SentenceTransformer:
@@ -136,7 +164,8 @@ class Encoder:
             )
         else:
             vectors = self.runner.encode(texts, self.batch_size, progress)
-        return truncate(np.asarray(vectors, dtype=np.float32))
+        vectors = truncate(np.asarray(vectors, dtype=np.float32))
+        return self.adapter.transform(vectors) if self.adapter else vectors
 
     def encode(
         self,

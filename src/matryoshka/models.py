@@ -17,6 +17,7 @@ from matryoshka.errors import MatryoshkaError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 METADATA_FILE = "matryoshka.json"
+ADAPTER_FILE = "matryoshka-adapter.npz"  # a post-hoc adapter saved into a model directory
 SMALL_FILE_BYTES = 1 << 20
 
 
@@ -45,7 +46,7 @@ class ModelInfo:
     def fingerprint(self) -> str:
         """Changes when the model's files change: file names and sizes, and the content of the small ones."""
         digest = hashlib.sha256()
-        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
+        for file in sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != ADAPTER_FILE):
             size = file.stat().st_size
             digest.update(f"{file.relative_to(self.path)}:{size}".encode())
             if size < SMALL_FILE_BYTES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from matryoshka.cli.adapt import adapt
 from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
 from matryoshka.cli.eval import eval_command
@@ -26,6 +27,7 @@ app.command(name="eval")(eval_command)
 app.command()(search)
 app.add_typer(index_app, name="index")
 app.command()(serve)
+app.add_typer(adapt, name="adapt")
 
 
 def main() -> None:

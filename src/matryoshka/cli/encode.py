@@ -29,11 +29,12 @@ def encode(
     backend: str | None = typer.Option(
         None, "--backend", help=f"One of {', '.join(BACKENDS)} (default: the fastest that passed on CPU)."
     ),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Post-hoc adapter to apply (file or dir)."),
 ) -> None:
     """Encode texts at any dimension and precision."""
     if precision not in PRECISIONS:
         raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    encoder = Encoder(model, batch_size=batch_size, backend=backend)
+    encoder = Encoder(model, batch_size=batch_size, backend=backend, adapter=adapter)
     dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
     texts = read_texts(input, field)
     result = encoder.encode(texts, dim=dim, precision=precision)

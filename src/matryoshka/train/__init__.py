@@ -1,0 +1,1 @@
+"""Training: post-hoc adapters (and, later, Matryoshka fine-tuning)."""
