@@ -7,6 +7,7 @@ import typer
 from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
 from matryoshka.cli.models import models
+from matryoshka.cli.train import train
 
 app = typer.Typer(
     name="matryoshka",
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command()(encode)
 app.command()(models)
 app.command()(demo)
+app.command()(train)
 
 
 def main() -> None:
