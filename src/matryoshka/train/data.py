@@ -129,7 +129,7 @@ def read_pairs(path: Path, split: str = "train") -> TrainingData:
         rows = [(n, [r.get(k) for k in header]) for n, r in records]
     else:
         table = list(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))
-        if "anchor" in table[0] and "positive" in table[0]:
+        if {"anchor", "positive"} & set(table[0]):
             header, rows = table[0], list(enumerate(table[1:], 2))
         elif len(table[0]) in (2, 3):
             header, rows = ["anchor", "positive", "negative"][: len(table[0])], list(enumerate(table, 1))

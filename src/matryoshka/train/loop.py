@@ -194,8 +194,9 @@ def train(config: TrainConfig) -> dict:
     }
     if trainer.is_world_process_zero():
         model.save(out, metadata)
+        steps_run = trainer.loss_calls // config.grad_accumulation
         return write_report(
-            out, trainer.state.log_history, loss.dims, seconds, trainer.state.global_step, metadata
+            out, trainer.state.log_history, loss.dims, seconds, trainer.state.global_step, steps_run, metadata
         )
     return {}
 

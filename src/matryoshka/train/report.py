@@ -39,6 +39,7 @@ def write_report(
         "dev_per_dim": dev,
         "final_dev": {key: values[-1][1] for key, values in dev.items()},
         "metadata": metadata,
+        "log_history": log_history,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     _plot(out / "report.png", losses, dev)
