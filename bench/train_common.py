@@ -50,10 +50,13 @@ def parse_args(description: str, rows: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def code_hash(script: str) -> str:
+def code_hash(script: str, uses_training_code: bool) -> str:
+    """Hash of the code a row depends on: the bench files and data reader, plus the training package
+    for rows trained with this project's loop."""
     digest = hashlib.sha256()
+    train_dir = ROOT / "src" / "matryoshka" / "train"
     files = [
-        *sorted((ROOT / "src" / "matryoshka" / "train").glob("*.py")),
+        *(sorted(train_dir.glob("*.py")) if uses_training_code else [train_dir / "data.py"]),
         ROOT / "src" / "matryoshka" / "dims.py",
         ROOT / "bench" / "train_common.py",
         ROOT / "bench" / script,
@@ -80,9 +83,19 @@ class RowStore:
         self.path.write_text(json.dumps(self.rows, indent=1) + "\n")
 
 
+def row_key(row: str, settings: dict, script: str) -> str:
+    code = code_hash(script, uses_training_code=row.startswith("recipe"))
+    return hashlib.sha256(json.dumps({**settings, "code": code}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stored_row(store: RowStore, row: str, settings: dict, script: str) -> dict | None:
+    """The stored result of ``row`` if its settings and code are unchanged (shown without timings)."""
+    stored = store.get(row, row_key(row, settings, script))
+    return {**stored, "cached": True} if stored else None
+
+
 def run_row(store: RowStore, row: str, settings: dict, script: str, compute: Callable[[], dict]) -> dict:
-    key = hashlib.sha256(json.dumps({**settings, "code": code_hash(script)}, sort_keys=True).encode())
-    key = key.hexdigest()[:16]
+    key = row_key(row, settings, script)
     if (stored := store.get(row, key)) is not None:
         print(f"[{row}] reusing stored result", flush=True)
         return {**stored, "cached": True}

@@ -25,6 +25,7 @@ from train_common import (
     parse_args,
     run_row,
     setup_line,
+    stored_row,
     table,
     train_recipe,
     train_st_baseline,
@@ -113,11 +114,11 @@ def main() -> None:
         **{name: recipe(overrides) for name, overrides in VARIANTS.items()},
     }
     for row in ROWS:
+        row_settings = {**settings, "row": row, **VARIANTS.get(row, {})} if row != "base" else {"row": row}
         if row in args.rows:
-            row_settings = (
-                {**settings, "row": row, **VARIANTS.get(row, {})} if row != "base" else {"row": row}
-            )
             results[row] = run_row(store, row, row_settings, SCRIPT, computes[row])
+        elif stored := stored_row(store, row, row_settings, SCRIPT):
+            results[row] = stored  # not asked for, but stored with these settings and code
     write(results, args, epochs, len(train_data), time.perf_counter() - started)
 
 
