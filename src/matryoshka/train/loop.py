@@ -87,7 +87,17 @@ class MatryoshkaTrainer(SentenceTransformerTrainer):
                 logs[key] = round(self._dim_sums[key] / self._dim_counts[key], 4)
             self._dim_sums.clear()
             self._dim_counts.clear()
+            self._show_in_progress_bar({k: v for k, v in logs.items() if k.startswith("loss_")})
         super().log(logs, start_time)
+
+    def _show_in_progress_bar(self, per_dim: dict[str, float]) -> None:
+        """Latest loss of each dim as the training bar's postfix (e.g. ``384=4.1, 64=4.6, 8=6.9``)."""
+        for callback in self.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.set_postfix(
+                    {k.removeprefix("loss_"): f"{v:.3g}" for k, v in per_dim.items()}, refresh=False
+                )
 
 
 def _device_options() -> dict:

@@ -69,7 +69,7 @@ class MatryoshkaModel:
         return int(self.st.get_embedding_dimension())
 
     def _add_projection(self, st, out_dim: int, init: str, pca_texts, seed: int) -> None:
-        """Insert a linear Dense layer between pooling and normalisation."""
+        """Append a linear Dense layer and a normalisation to the base model's modules."""
         import torch
         from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
@@ -97,11 +97,9 @@ class MatryoshkaModel:
             init_weight=weight,
             init_bias=bias,
         )
-        modules = list(st._modules.values())
-        normalize_at = next((i for i, m in enumerate(modules) if isinstance(m, Normalize)), len(modules))
-        modules.insert(normalize_at, dense.to(st.device))
-        if normalize_at == len(modules) - 1:
-            modules.append(Normalize())
+        # The head goes after the base model's output (normalised where the base normalises), so it sees
+        # exactly the vectors the PCA was fitted on; a Normalize after it makes every output unit-norm.
+        modules = [*st._modules.values(), dense.to(st.device), Normalize()]
         st._modules.clear()
         for index, module in enumerate(modules):
             st._modules[str(index)] = module
