@@ -161,3 +161,25 @@ def test_resume_after_a_killed_run_continues_from_the_checkpoint_step(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 12  # 96 pairs / batch 8
     assert report["steps_this_run"] == 12 - checkpoints[-1]
+
+
+def test_dev_evaluator_reports_every_dim_with_the_project_metrics(trained):
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka.dims import truncate
+    from matryoshka.eval.metrics import spearman
+    from matryoshka.train.data import TrainingData
+    from matryoshka.train.evaluate import DimEvaluator
+
+    sts = load_training_data(data_path("stsb", "sts-dev.csv")).head(40)
+    model = SentenceTransformer(str(trained[0]), device="cpu")
+    scores = DimEvaluator(sts, DIMS)(model)
+    assert set(scores) == {f"dev_spearman_{d}" for d in DIMS}
+    first, second = model.encode(sts.columns["sentence1"]), model.encode(sts.columns["sentence2"])
+    expected = 100 * spearman((truncate(first, 16) * truncate(second, 16)).sum(-1), sts.columns["score"])
+    assert scores["dev_spearman_16"] == pytest.approx(expected, abs=1e-3)
+    pairs = TrainingData(
+        {"anchor": sts.columns["sentence1"], "positive": sts.columns["sentence2"]}, "pairs", ""
+    )
+    mrr = DimEvaluator(pairs, [384, 8])(model)
+    assert set(mrr) == {"dev_mrr@10_384", "dev_mrr@10_8"} and 0 < mrr["dev_mrr@10_8"] <= mrr["dev_mrr@10_384"]
