@@ -27,6 +27,7 @@ DIMS = [384, 256, 128, 64, 32, 16, 8]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--only", choices=["cosent", "infonce"], help="time one of the two settings")
     args = parser.parse_args()
     import torch
     from sentence_transformers import SentenceTransformer
@@ -56,6 +57,8 @@ def main() -> None:
             MatryoshkaTrainingLoss(model, "infonce", DIMS, distill=1.0),
         ),
     }
+    if args.only:
+        setups = {name: setup for name, setup in setups.items() if name.lower().startswith(args.only[:3])}
     rows = []
     for name, (data, batch, theirs, ours) in setups.items():
         columns = [c for c in data.columns if c != "score"]
