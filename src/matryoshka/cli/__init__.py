@@ -12,6 +12,7 @@ from matryoshka.cli.index import index_app
 from matryoshka.cli.models import models
 from matryoshka.cli.search import search
 from matryoshka.cli.serve import serve
+from matryoshka.cli.train import train
 
 app = typer.Typer(
     name="matryoshka",
@@ -28,6 +29,7 @@ app.command()(search)
 app.add_typer(index_app, name="index")
 app.command()(serve)
 app.add_typer(adapt, name="adapt")
+app.command()(train)
 
 
 def main() -> None:

@@ -1,0 +1,250 @@
+"""The training loop: sentence-transformers' trainer plus what it lacks for Matryoshka models.
+
+Checkpoints, ``--resume``, warm-up, mixed precision, gradient accumulation, seeding and multi-GPU or
+multi-node runs (``torchrun``/``accelerate launch``) are the Hugging Face Trainer's. Added here: the
+loss per dim in the logs and progress bar, per-dim dev scores each epoch, a dim schedule, and a
+training report (``report.json`` + ``report.png``) next to the saved model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sentence_transformers import SentenceTransformerTrainer
+
+from matryoshka.errors import MatryoshkaError
+from matryoshka.train.data import TrainingData, load_training_data
+from matryoshka.train.losses import MatryoshkaTrainingLoss
+from matryoshka.train.report import write_report
+from matryoshka.train.schedules import DimSchedule
+
+DEFAULT_DIMS = (384, 256, 128, 64, 32, 16, 8)
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in the model's ``matryoshka.json``."""
+
+    data: str
+    out: str
+    format: str | None = None
+    loss: str | None = None  # infonce / cosent; None: cosent for scored pairs, infonce otherwise
+    dims: tuple[int, ...] = DEFAULT_DIMS
+    weights: str | tuple[float, ...] = "uniform"
+    schedule: str = "all"
+    phases: int | None = None  # None: one per epoch
+    dims_per_step: int | None = None
+    distill: float = 1.0
+    temperature: float = 0.05
+    symmetric: bool = False
+    projection: int | None = None
+    projection_init: str = "pca"
+    model: str | None = None
+    epochs: float = 1
+    batch_size: int = 16
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    seed: int = 12
+    max_seq_length: int | None = None
+    limit: int | None = None
+    dev: str | None = None
+    evaluate: bool = True  # per-dim dev scores each epoch (when there is a dev set)
+    max_steps: int = -1
+    save_steps: int | None = None  # None: a checkpoint each epoch
+    logging_steps: int = 10
+    grad_accumulation: int = 1
+    resume: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class MatryoshkaTrainer(SentenceTransformerTrainer):
+    """SentenceTransformerTrainer that logs the mean loss of every dim since the last log."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._dim_sums: dict[str, float] = defaultdict(float)
+        self._dim_counts: dict[str, int] = defaultdict(int)
+        self.loss_calls = 0  # training forward passes run by this process (a resumed run counts from there)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.model.training:
+            self.loss_calls += 1
+            for key, value in getattr(self.loss, "last_terms", {}).items():
+                self._dim_sums[key] += value
+                self._dim_counts[key] += 1
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._dim_counts:
+            logs = dict(logs)
+            for key in sorted(self._dim_counts, key=lambda k: (k.split("_")[0], -int(k.split("_")[1]))):
+                logs[key] = round(self._dim_sums[key] / self._dim_counts[key], 4)
+            self._dim_sums.clear()
+            self._dim_counts.clear()
+            self._show_in_progress_bar({k: v for k, v in logs.items() if k.startswith("loss_")})
+        super().log(logs, start_time)
+
+    def _show_in_progress_bar(self, per_dim: dict[str, float]) -> None:
+        """Latest loss of each dim as the training bar's postfix (e.g. ``384=4.1, 64=4.6, 8=6.9``)."""
+        for callback in self.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.set_postfix(
+                    {k.removeprefix("loss_"): f"{v:.3g}" for k, v in per_dim.items()}, refresh=False
+                )
+
+
+def _device_options() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
+    return {"use_cpu": True}
+
+
+def build_loss(config: TrainConfig, st, data: TrainingData) -> MatryoshkaTrainingLoss:
+    base = config.loss or ("cosent" if data.kind == "scored" else "infonce")
+    if base == "cosent" and data.kind != "scored":
+        raise MatryoshkaError("the cosent loss needs scored pairs (--format stsb); use --loss infonce")
+    if base == "infonce" and data.kind == "scored":
+        raise MatryoshkaError("scored pairs need --loss cosent; infonce takes (anchor, positive) pairs")
+    weights = config.weights if isinstance(config.weights, str) else list(config.weights)
+    return MatryoshkaTrainingLoss(
+        st,
+        base,
+        config.dims,
+        weights,
+        config.dims_per_step,
+        config.distill,
+        config.temperature,
+        config.symmetric,
+        seed=config.seed,
+    )
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, save the model to ``config.out`` with its metadata and report; returns the report."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from transformers import set_seed
+
+    from matryoshka.train.evaluate import DimEvaluator
+    from matryoshka.train.model import MatryoshkaModel
+
+    validate(config)
+    set_seed(config.seed)
+    data = load_training_data(config.data, config.format).head(config.limit)
+    dev = _dev_data(config, data) if config.evaluate else None
+    out = Path(config.out)
+    checkpoints = out / CHECKPOINTS
+    if config.resume and not _has_checkpoint(checkpoints):
+        raise MatryoshkaError(f"--resume: no checkpoint under {checkpoints}")
+    model = MatryoshkaModel(
+        config.model,
+        config.projection,
+        config.projection_init,
+        pca_texts=data.texts()[:5000] if config.projection_init == "pca" else None,
+        max_seq_length=config.max_seq_length,
+        seed=config.seed,
+    )
+    loss = build_loss(config, model.st, data)
+    phases = config.phases or max(1, round(config.epochs))
+    schedule = DimSchedule(config.schedule, loss.dims, phases, loss)
+    evaluator = DimEvaluator(dev, loss.dims) if dev is not None else None
+    save = (
+        {"save_strategy": "steps", "save_steps": config.save_steps}
+        if config.save_steps
+        else {"save_strategy": "epoch"}
+    )
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accumulation,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup_ratio,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_total_limit=2,
+        eval_strategy="epoch" if evaluator else "no",
+        batch_sampler="no_duplicates" if loss.base == "infonce" else "batch_sampler",
+        report_to="none",
+        **save,
+        **_device_options(),
+    )
+    trainer = MatryoshkaTrainer(
+        model=model.st,
+        args=args,
+        train_dataset=data.to_dataset(),
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[schedule],
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if config.resume else None)
+    seconds = time.perf_counter() - started
+    recipe = {k: v for k, v in asdict(config).items() if k not in ("out", "resume", "extra")}
+    metadata = {
+        "supported_dims": loss.dims,
+        "loss": loss.get_config_dict(),
+        "schedule": schedule.describe(),
+        "recipe": recipe,
+        "data": {"source": data.source, "examples": len(data), **data.info},
+        "seed": config.seed,
+        "base_model": model.base_info.name,
+        **config.extra,
+    }
+    if trainer.is_world_process_zero():
+        model.save(out, metadata)
+        steps_run = trainer.loss_calls // config.grad_accumulation
+        return write_report(
+            out, trainer.state.log_history, loss.dims, seconds, trainer.state.global_step, steps_run, metadata
+        )
+    return {}
+
+
+def validate(config: TrainConfig) -> None:
+    """Fail on bad settings before loading any model or data."""
+    from matryoshka.train.data import FORMATS
+    from matryoshka.train.losses import BASE_LOSSES, dim_weights
+    from matryoshka.train.model import PROJECTION_INITS
+    from matryoshka.train.schedules import SCHEDULES
+
+    if config.epochs <= 0 or config.batch_size < 1 or config.lr <= 0:
+        raise MatryoshkaError("epochs, batch size and learning rate must be positive")
+    checks = [
+        (config.format, FORMATS, "data format"),
+        (config.loss, BASE_LOSSES, "loss"),
+        (config.schedule, SCHEDULES, "schedule"),
+        (config.projection_init, PROJECTION_INITS, "projection init"),
+    ]
+    for value, allowed, what in checks:
+        if value is not None and value not in allowed:
+            raise MatryoshkaError(f"unknown {what} {value!r}: use {', '.join(allowed)}")
+    if not config.dims or any(d < 1 for d in config.dims):
+        raise MatryoshkaError(f"dims must be positive integers, got {list(config.dims)}")
+    weights = config.weights if isinstance(config.weights, str) else list(config.weights)
+    dim_weights(sorted(set(config.dims), reverse=True), weights)
+    if config.dims_per_step is not None and config.dims_per_step < 1:
+        raise MatryoshkaError("--dims-per-step must be at least 1")
+
+
+def _dev_data(config: TrainConfig, data: TrainingData) -> TrainingData | None:
+    if config.dev:
+        return load_training_data(config.dev, config.format)
+    sibling = Path(data.source).with_name("sts-dev.csv")
+    if data.kind == "scored" and sibling.exists() and sibling != Path(data.source):
+        return load_training_data(sibling, "stsb")
+    return None
+
+
+def _has_checkpoint(directory: Path) -> bool:
+    return directory.is_dir() and any(p.name.startswith("checkpoint-") for p in directory.iterdir())
