@@ -167,18 +167,6 @@ def train_recipe(config_kwargs: dict):
     return model, report["seconds_per_step"]
 
 
-def fit_pca(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, components) of ``vectors``: rotating onto the components orders coordinates by variance."""
-    mean = vectors.mean(axis=0)
-    _, _, components = np.linalg.svd(vectors - mean, full_matrices=False)
-    return mean, components
-
-
-def apply_pca(vectors: np.ndarray, pca: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    mean, components = pca
-    return ((vectors - mean) @ components.T).astype(np.float32)
-
-
 def encode(model, texts: Sequence[str]) -> np.ndarray:
     from matryoshka.dims import truncate
 

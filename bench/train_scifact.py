@@ -14,14 +14,13 @@ import time
 
 from matryoshka.datasets import data_path, load_beir
 from matryoshka.eval.metrics import ndcg_at_k, run_from_search
+from matryoshka.eval.retention import fit_pca
 from matryoshka.index.search import exact_search
 from matryoshka.train.data import read_beir_pairs
 from train_common import (
     DIMS,
     RowStore,
-    apply_pca,
     encode,
-    fit_pca,
     parse_args,
     run_row,
     setup_line,
@@ -66,7 +65,7 @@ def evaluate(model, beir, with_pca: bool = False) -> dict:
     result = {"scores": ndcg_per_dim(queries, docs, beir)}
     if with_pca:
         pca = fit_pca(docs)
-        result["pca_scores"] = ndcg_per_dim(apply_pca(queries, pca), apply_pca(docs, pca), beir)
+        result["pca_scores"] = ndcg_per_dim(pca(queries), pca(docs), beir)
     return result
 
 

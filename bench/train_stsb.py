@@ -15,13 +15,12 @@ import numpy as np
 from matryoshka.datasets import data_path, load_stsb
 from matryoshka.dims import truncate
 from matryoshka.eval.metrics import spearman
+from matryoshka.eval.retention import fit_pca
 from matryoshka.train.data import read_sts
 from train_common import (
     DIMS,
     RowStore,
-    apply_pca,
     encode,
-    fit_pca,
     parse_args,
     run_row,
     setup_line,
@@ -62,7 +61,7 @@ def evaluate(model, test, train_texts: list[str] | None = None) -> dict:
     result = {"scores": scores_of(first, second, test.scores)}
     if train_texts is not None:
         pca = fit_pca(encode(model, train_texts))
-        result["pca_scores"] = scores_of(apply_pca(first, pca), apply_pca(second, pca), test.scores)
+        result["pca_scores"] = scores_of(pca(first), pca(second), test.scores)
     return result
 
 

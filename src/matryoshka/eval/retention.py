@@ -37,18 +37,34 @@ def fit_identity(fit_vectors: np.ndarray) -> Transform:
 def fit_pca(fit_vectors: np.ndarray) -> Transform:
     """PCA (as sklearn's): centre on the fit vectors' mean, rotate onto their principal axes by variance.
 
-    Axes come from the eigenvectors of the covariance, so the transform keeps every dim even when
-    fitted on fewer vectors than dims (the extra axes carry no variance).
+    The rotation is the adapter module's (one PCA in the toolkit); it keeps every dim even when fitted
+    on fewer vectors than dims (the extra axes carry no variance).
     """
-    fit_vectors = np.asarray(fit_vectors, dtype=np.float64)
-    mean = fit_vectors.mean(axis=0)
-    centred = fit_vectors - mean
-    variances, axes = np.linalg.eigh(centred.T @ centred)
-    axes = axes[:, np.argsort(-variances, kind="stable")]
+    from matryoshka.train.adapter import pca_rotation
+
+    mean, axes = pca_rotation(np.asarray(fit_vectors, dtype=np.float64))
     return lambda vectors: ((np.asarray(vectors, dtype=np.float64) - mean) @ axes).astype(np.float32)
 
 
-BASELINES: dict[str, FitBaseline] = {"truncate": fit_identity, "pca": fit_pca}
+def _fit_adapter_kind(kind: str) -> FitBaseline:
+    """A post-hoc adapter of ``kind`` fitted on the fit vectors (unsupervised), as a baseline."""
+
+    def fit(fit_vectors: np.ndarray) -> Transform:
+        from matryoshka.train.adapter import fit_adapter
+
+        full_dim = fit_vectors.shape[1]
+        dims = [full_dim, *(d for d in (256, 128, 64, 32, 16, 8) if d < full_dim)]
+        return fit_adapter(fit_vectors, kind, dims).transform
+
+    return fit
+
+
+BASELINES: dict[str, FitBaseline] = {
+    "truncate": fit_identity,
+    "pca": fit_pca,
+    "learned": _fit_adapter_kind("select"),  # learned truncation: the best original coordinates first
+    "adapter": _fit_adapter_kind("linear"),  # the post-hoc Matryoshka adapter
+}
 
 
 def register_baseline(name: str, fit: FitBaseline) -> None:
