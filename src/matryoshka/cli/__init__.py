@@ -8,6 +8,7 @@ from matryoshka.cli.demo import demo
 from matryoshka.cli.encode import encode
 from matryoshka.cli.index import index_app
 from matryoshka.cli.models import models
+from matryoshka.cli.plan import plan
 from matryoshka.cli.search import search
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app.command()(encode)
 app.command()(models)
 app.command()(demo)
 app.command()(search)
+index_app.command()(plan)
 app.add_typer(index_app, name="index")
 
 

@@ -20,6 +20,10 @@ def search(
     funnel: str | None = typer.Option(None, "--funnel", help="Stages DIM:KEEP,..., e.g. 32:1000,128:100."),
     precision: str | None = typer.Option(None, "--precision", help="Cascade, e.g. binary,int8,float."),
     hnsw: bool = typer.Option(False, "--hnsw", help="First stage from the index's HNSW graph."),
+    plan: str | None = typer.Option(None, "--plan", help="'auto': the index's saved plan."),
+    latency_ms: float | None = typer.Option(None, "--latency-ms", help="Deepest stage done in time."),
+    recall: float | None = typer.Option(None, "--recall", help="Fastest planned funnel reaching it."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Per-query depth (learned predictor)."),
 ) -> None:
     """Search an index; without options it uses the index's calibrated default funnel."""
     from matryoshka.index import MatryoshkaIndex
@@ -27,7 +31,18 @@ def search(
     index = MatryoshkaIndex.open(index_dir)
     if dim is not None:
         index.encoder.check_dim(dim)
-    result = index.search(query, k, dim=dim, funnel=funnel, precision=precision, hnsw=hnsw)
+    result = index.search(
+        query,
+        k,
+        dim=dim,
+        funnel=funnel,
+        precision=precision,
+        hnsw=hnsw,
+        plan=plan,
+        latency_ms=latency_ms,
+        recall=recall,
+        adaptive=adaptive,
+    )
     table = Table(title=f"top {k} for {query!r} via {result.funnel}")
     for column in ("rank", "score", "id", "text"):
         table.add_column(column, overflow="fold")
@@ -42,3 +57,5 @@ def search(
             f"  stage {stage.stage}: kept {stage.kept}, {stage.seconds * 1000:.1f} ms, "
             f"{stage.bytes_read / 1e6:.2f} MB read"
         )
+    if result.answered:
+        console.print(f"  answered by stage {result.answered[0]}")

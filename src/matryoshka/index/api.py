@@ -141,12 +141,14 @@ class MatryoshkaIndex:
         k: int = DEFAULT_K,
         queries: np.ndarray | None = None,
         save: bool = True,
+        sample: int = 200,
     ) -> Plan:
         """Measure candidate funnels on a calibration sample (``queries``: a query log) and choose
-        within the budgets; saved in the manifest. Prefixes the plan does not hold leave RAM."""
+        within the budgets (``sample`` calibration queries); saved in the manifest. Prefixes the plan
+        does not hold leave RAM."""
         from matryoshka.index.planned import new_plan
 
-        plan = new_plan(self, k, memory_gb, latency_ms, recall, queries)
+        plan = new_plan(self, k, memory_gb, latency_ms, recall, queries, sample)
         for dim in set(self.resident) - set(plan.chosen.resident):
             del self.resident[dim]
         if save:

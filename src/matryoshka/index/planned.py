@@ -63,10 +63,14 @@ def current_plan(index: MatryoshkaIndex, k: int) -> Plan:
 
 
 def depth_model(index: MatryoshkaIndex, k: int) -> DepthModel:
+    """The saved depth model for top-``k`` (loaded once per open index), trained now if there is none."""
     record = index.store.manifest.get("adaptive")
     if record is None or record["k"] != k:
         return index.train_adaptive(k)
-    return DepthModel.load(index.store.root, record)
+    cached = index.__dict__.get("_depth_model")
+    if cached is None or cached[0] != record:
+        index.__dict__["_depth_model"] = (record, DepthModel.load(index.store.root, record))
+    return index.__dict__["_depth_model"][1]
 
 
 def train(
@@ -144,5 +148,6 @@ def new_plan(
     latency_ms: float | None,
     recall: float | None,
     queries: np.ndarray | None,
+    sample: int,
 ) -> Plan:
-    return make_plan(index.store, index.resident, k, memory_gb, latency_ms, recall, queries)
+    return make_plan(index.store, index.resident, k, memory_gb, latency_ms, recall, queries, sample=sample)

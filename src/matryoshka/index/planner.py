@@ -308,6 +308,7 @@ def make_plan(
     recall: float | None = None,
     queries: np.ndarray | None = None,
     timing_queries: int = TIMING_QUERIES,
+    sample: int = CALIBRATION_QUERIES,
 ) -> Plan:
     """Measure every candidate on a calibration sample and choose within the budgets."""
     if store.rows - len(store.deleted_rows()) <= k + 1:
@@ -317,7 +318,7 @@ def make_plan(
             raise MatryoshkaError(f"{name} must not be negative, got {value}")
     if recall is not None and not 0 < recall <= 1:
         raise MatryoshkaError(f"recall must be in (0, 1], got {recall}")
-    calibration = calibration_sample(store, k, queries)
+    calibration = calibration_sample(store, k, queries, sample)
     measured = measure(store, calibration, memory, timing_queries=timing_queries)
     chosen = choose(measured, memory_gb, latency_ms, recall)
     budgets = {"memory_gb": memory_gb, "latency_ms": latency_ms, "recall": recall}
