@@ -61,13 +61,13 @@ def test_plan_is_saved_on_the_frontier_and_meets_recall_on_held_out_queries(plan
 def test_memory_budget_bounds_the_bytes_held_in_ram(planned, data):
     index, _ = planned
     budget_gb = ROWS * 40 * 4 / 1e9  # room for a 32-dim float32 prefix, not a 64-dim one
-    plan = index.plan(memory_gb=budget_gb, k=K, save=False, sample=SAMPLE)
+    plan = index.plan(memory_gb=budget_gb, k=K, save=False, sample=20)
     assert plan.chosen.memory_bytes <= budget_gb * 1e9
     fresh = MatryoshkaIndex.open(index.store.root)
     fresh.search(data[1][:5], K, plan=plan)
     assert sum(a.nbytes for a in fresh.resident.values()) <= budget_gb * 1e9
     nothing = MatryoshkaIndex.open(index.store.root)
-    mapped = nothing.plan(memory_gb=0, k=K, save=False, sample=SAMPLE)
+    mapped = nothing.plan(memory_gb=0, k=K, save=False, sample=20)
     nothing.search(data[1][:5], K, plan=mapped)
     assert mapped.chosen.resident == [] and nothing.resident == {}
 
@@ -86,9 +86,26 @@ def test_impossible_budget_names_the_nearest_feasible_plan(planned, tmp_path):
     with pytest.raises(PlanError, match="nearest feasible plan"):
         choose(plan.frontier, latency_ms=1e-6, recall=0.999)
     result = CliRunner().invoke(
-        app, ["index", "plan", str(index.store.root), "--latency-ms", "0.000001", "--recall", "0.999"]
+        app,
+        [
+            "index",
+            "plan",
+            str(index.store.root),
+            "--latency-ms",
+            "1e-6",
+            "--recall",
+            "0.999",
+            "--sample",
+            "20",
+        ],
     )
     assert result.exit_code == 2 and "nearest feasible plan" in result.output
+    sized = CliRunner().invoke(app, ["index", "plan", str(index.store.root), "--vectors", "1000000000"])
+    assert sized.exit_code == 2 and "--vectors needs --memory-gb" in sized.output
+    sized = CliRunner().invoke(
+        app, ["index", "plan", str(index.store.root), "--vectors", "1000000000", "--memory-gb", "20"]
+    )
+    assert sized.exit_code == 0 and "binary@128" in sized.output and "chosen" in sized.output
 
 
 def test_pareto_frontier_drops_dominated_points(planned):
@@ -100,7 +117,7 @@ def test_plan_goes_stale_when_the_index_grows(tmp_path, data):
     corpus, _, extra = data
     index = MatryoshkaIndex.create(tmp_path / "idx", full_dim=384)
     index.add(corpus[:1000])
-    index.plan(k=K, sample=SAMPLE)
+    index.plan(k=K, sample=20)
     assert index.saved_plan()[1] is False
     index.add(extra[:300])
     assert index.saved_plan()[1] is True

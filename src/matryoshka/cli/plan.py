@@ -21,6 +21,7 @@ def plan(
     k: int = typer.Option(10, "-k", "--k", min=1, help="Results per query."),
     vectors: int | None = typer.Option(None, "--vectors", help="Before a build: planned vector count."),
     queries: Path | None = typer.Option(None, "--queries", help="Query log (.npy full-dim vectors)."),
+    sample: int = typer.Option(200, "--sample", min=10, help="Calibration queries to measure on."),
 ) -> None:
     """Measure candidate funnels on the index's own data and save the best within the budgets; with
     --vectors N --memory-gb G (no index), size the RAM tier of a future index instead."""
@@ -38,7 +39,7 @@ def plan(
 
     index = MatryoshkaIndex.open(index_dir)
     log = np.load(queries) if queries is not None else None
-    made = index.plan(memory_gb, latency_ms, recall, k, queries=log)
+    made = index.plan(memory_gb, latency_ms, recall, k, queries=log, sample=sample)
     table = Table(title=f"measured Pareto frontier ({made.calibration}, top {k})")
     for column in ("funnel", "RAM MB", "recall@k", "ms/query", "MB read/query", ""):
         table.add_column(column)
