@@ -183,9 +183,9 @@ def measure(
     candidates: list[tuple[list[Stage], bool]] | None = None,
     timing_queries: int = TIMING_QUERIES,
 ) -> list[Candidate]:
-    """Recall of every candidate on every sample query, and its median single-query latency on the
-    first ``timing_queries``: candidates sharing a first stage share one scan (at their widest
-    shortlist), then each runs its later stages on its own shortlist."""
+    """Recall of every candidate on every sample query (candidates sharing a first stage share one
+    batch scan at their widest shortlist, then run their later stages per query), and its median
+    latency over whole single-query searches of the first ``timing_queries``."""
     from matryoshka.index.funnel import stages_text
 
     groups: dict[tuple, list[list[Stage]]] = {}
@@ -200,20 +200,19 @@ def measure(
         dense = memory[dim] if resident else None
         widest = Stage(dim, max(max(s[0].keep for s in members), calibration.width), precision)
         _, shortlist, scan_bytes = scan(store, calibration.queries, widest, dense)
-        scan_seconds = []
-        for query in timed:
-            started = time.perf_counter()
-            scan(store, query[None], widest, dense)
-            scan_seconds.append(time.perf_counter() - started)
-        for stages in members:  # later stages one query at a time, as a search would run them
-            found, later_seconds, later_bytes = [], [], 0
+        for stages in members:  # recall: later stages one query at a time, as a search runs them
+            found, later_bytes = [], 0
             for position, query in enumerate(calibration.queries):
-                started = time.perf_counter()
                 rows, read = _later_stages(store, query[None], shortlist[position : position + 1], stages)
-                later_seconds.append(time.perf_counter() - started)
                 later_bytes += read
                 found.append(rows[0, : calibration.width])
-            latency = np.median(scan_seconds) + np.median(later_seconds) if scan_seconds else 0.0
+            seconds = []  # latency: whole single-query searches, scan and later stages together
+            for query in timed:
+                started = time.perf_counter()
+                held = {dim: dense} if resident else {}
+                funnel_search(store, query[None], stages, held)
+                seconds.append(time.perf_counter() - started)
+            latency = np.median(seconds) if seconds else 0.0
             measured.append(
                 Candidate(
                     stages_text(stages),
