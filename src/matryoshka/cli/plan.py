@@ -25,7 +25,7 @@ def plan(
 ) -> None:
     """Measure candidate funnels on the index's own data and save the best within the budgets; with
     --vectors N --memory-gb G (no index), size the RAM tier of a future index instead."""
-    console = Console()
+    console = Console(emoji=False)
     if vectors is not None:
         if memory_gb is None:
             raise MatryoshkaError("--vectors needs --memory-gb")

@@ -31,6 +31,8 @@ def search(
     index = MatryoshkaIndex.open(index_dir)
     if dim is not None:
         index.encoder.check_dim(dim)
+    if plan == "auto" and index.saved_plan()[1]:
+        typer.echo("warning: the saved plan is stale (the index grew since); re-run `index plan`", err=True)
     result = index.search(
         query,
         k,
@@ -50,7 +52,7 @@ def search(
         zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
     ):
         table.add_row(str(rank + 1), f"{score:.4f}", key, (text or "")[:120])
-    console = Console()
+    console = Console(emoji=False)
     console.print(table)
     for stage in result.stages:
         console.print(
