@@ -163,12 +163,16 @@ class MatryoshkaIndex:
         return plan, plan is not None and plan_is_stale(self, plan)
 
     def train_adaptive(
-        self, k: int = DEFAULT_K, queries: np.ndarray | None = None, funnel: str | None = None
+        self,
+        k: int = DEFAULT_K,
+        queries: np.ndarray | None = None,
+        funnel: str | None = None,
+        target_recall: float | None = None,
     ) -> DepthModel:
         """Fit per-query depth (margin rule and predictor) on held-out queries; saved with the index."""
         from matryoshka.index.planned import train
 
-        model, _ = train(self, k, queries, funnel)
+        model, _ = train(self, k, queries, funnel, target_recall)
         self._update_manifest(adaptive=model.record(model.save(self.store.root)))
         return model
 

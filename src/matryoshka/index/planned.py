@@ -74,9 +74,14 @@ def depth_model(index: MatryoshkaIndex, k: int) -> DepthModel:
 
 
 def train(
-    index: MatryoshkaIndex, k: int, queries: np.ndarray | None = None, funnel: str | None = None
+    index: MatryoshkaIndex,
+    k: int,
+    queries: np.ndarray | None = None,
+    funnel: str | None = None,
+    target_recall: float | None = None,
 ) -> tuple[DepthModel, list[Stage]]:
-    """Fit both depth rules for ``funnel`` (default: the saved plan's, else the calibrated default)."""
+    """Fit both depth rules for the ladder ``funnel`` (default: the saved plan's, else the calibrated
+    default) to keep ``target_recall`` (default: the full ladder's own recall, less half the slack)."""
     store = index.store
     if funnel is None:
         plan = saved_plan(index)
@@ -90,7 +95,7 @@ def train(
     calibration = calibration_sample(store, k, queries)
     wide = [*ladder[:-1], Stage(ladder[-1].dim, calibration.width)]
     _, found, _ = funnel_search(store, calibration.queries, wide, index.resident)
-    target = calibration.recall(found) - RECALL_SLACK / 2
+    target = calibration.recall(found) - RECALL_SLACK / 2 if target_recall is None else target_recall
     return train_depth_model(store, calibration, ladder, index.resident, target), ladder
 
 
