@@ -30,7 +30,7 @@ import numpy as np
 
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex
-from matryoshka.index.funnel import parse_funnel
+from matryoshka.index.funnel import funnel_cost, parse_funnel
 from report import hardware, markdown_table, write_section
 from search_data import SEED, real_texts, synthetic_vectors
 
@@ -117,8 +117,8 @@ def run_set(
             index.add(corpus[start : start + ADD_ROWS])
         build = time.perf_counter() - started
         funnels = ["32:200,128:50", "32:500,128:50", "32:1000,128:100", "64:200,128:50", "64:500,128:100"]
-        funnels += ["32:1000,128:100,256:30", "64:1000,128:100,256:30", "32:2000,128:200,256:30"]
-        funnels += ["32:3000,128:300,256:50", "64:2000,128:200,256:50"]
+        funnels += ["64:1000,128:100,256:30", "64:2000,128:200,256:50", "128:500,256:50", "128:1000,256:100"]
+        funnels += ["128:2000,256:200", "128:3000,256:300", "256:1000", "256:2000"]
         chosen = []
         for text in funnels:
             stages = parse_funnel(text, dim, K)
@@ -127,7 +127,9 @@ def run_set(
             recall = recall_at_k(found, exact, K)
             print(name, "funnel", text, f"recall {recall:.4f}", flush=True)
             chosen.append((recall, text))
-        good = [text for recall, text in chosen if recall >= 0.99]
+        itemsize = np.dtype(index.store.manifest["dtype"]).itemsize
+        cost = {text: funnel_cost(parse_funnel(text, dim, K), rows, itemsize) for text in funnels}
+        good = sorted((text for recall, text in chosen if recall >= 0.99), key=cost.get)
         best_recall = max(chosen)[1]
         shown = list(dict.fromkeys([*good[:2], best_recall]))
         for text in shown:
@@ -230,25 +232,17 @@ def main() -> None:
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    sections: list[str] = []
     started = time.perf_counter()
     headers = ["method", f"recall@{K}", "QPS b1", f"QPS b{BATCH}", "memory MB", "build s"]
 
-    def publish(label: str, rows: list[list], done: bool) -> None:
-        """Rewrite the section after every measurement, so a long run keeps what it measured."""
-        current = [*sections, f"### {label}\n\n{markdown_table(headers, rows)}\n"]
-        state = "" if done else " (run in progress: the rows above are complete, later ones are missing)"
-        notes = NOTES.format(
-            batch=BATCH,
-            k=K,
-            neighbours=HNSW_NEIGHBOURS,
-            ef=HNSW_EF_CONSTRUCTION,
-            wall=time.perf_counter() - started,
-            hardware=hardware(),
-        )
-        write_section("search", "## Search: funnel vs faiss\n\n" + "\n".join(current) + "\n" + notes + state)
-        if done:
-            sections.append(current[-1])
+    def publish(name: str, label: str, rows: list[list], done: bool) -> None:
+        """Rewrite the section after every measurement, so a long run keeps what it measured; the other
+        set's table (from another run) is kept."""
+        state = "" if done else "\n\n(Run in progress: the rows above are measured, later ones are missing.)"
+        subsection = f"### {label}\n\n{markdown_table(headers, rows)}{state}\n"
+        saved_table(name).parent.mkdir(parents=True, exist_ok=True)
+        saved_table(name).write_text(subsection)
+        write_tables(time.perf_counter() - started)
 
     for name in args.sets.split(","):
         if name == "real":
@@ -262,11 +256,44 @@ def main() -> None:
         count_b1 = 50 if len(corpus) > 300_000 else 200
         count_b64 = min(len(queries), 256 if len(corpus) > 300_000 else 1024) // BATCH * BATCH
         rows = run_set(
-            name, corpus, queries, count_b1, count_b64, lambda r, label=label: publish(label, r, False)
+            name, corpus, queries, count_b1, count_b64, lambda r, n=name, lab=label: publish(n, lab, r, False)
         )
-        publish(label, rows, True)
+        publish(name, label, rows, True)
         del corpus, queries
         gc.collect()
+
+
+def saved_table(name: str) -> Path:
+    """Each set's latest table, kept outside the repo so runs of one set keep the other's table."""
+    from matryoshka.cache import cache_dir
+
+    return cache_dir() / "bench" / f"search-{name}.md"
+
+
+def current_tables() -> dict[str, str]:
+    """Set name -> its table as docs/benchmarks.md holds it now (from an earlier or concurrent run)."""
+    from report import BENCHMARKS_MD
+
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
+    found = {}
+    for name, marker in (("real", "### (a)"), ("synthetic", "### (b)")):
+        if marker in text:
+            block = text[text.index(marker) :]
+            ends = [i for i in (block.find("\n### ", 1), block.find("\nRecall@", 1)) if i > 0]
+            found[name] = block[: min(ends)].strip() + "\n" if ends else block
+    return found
+
+
+def write_tables(wall: float) -> None:
+    tables = current_tables()
+    for name in ("real", "synthetic"):
+        if saved_table(name).exists():
+            tables[name] = saved_table(name).read_text()
+    notes = NOTES.format(
+        batch=BATCH, k=K, neighbours=HNSW_NEIGHBOURS, ef=HNSW_EF_CONSTRUCTION, wall=wall, hardware=hardware()
+    )
+    body = "\n".join(tables[name] for name in ("real", "synthetic") if name in tables)
+    write_section("search", "## Search: funnel vs faiss\n\n" + body + "\n" + notes)
 
 
 NOTES = (
@@ -278,7 +305,7 @@ NOTES = (
     "codes, SQLite ids); HNSW rows show graph build time only (M={neighbours}, efConstruction={ef}). "
     "Every method runs single-threaded (OMP/OpenBLAS/torch threads = 1) because the 2 cores were shared with "
     "other jobs (load average above 10), where multi-threaded BLAS spins; absolute QPS is therefore noisy, "
-    "ratios within one table are what to read. Wall time of the run: {wall:.0f} s on {hardware}."
+    "ratios within one table are what to read. Wall time of the last run: {wall:.0f} s on {hardware}."
 )
 
 

@@ -19,6 +19,7 @@ from matryoshka.quantize import score, to_binary, to_int8
 DEMO_DIMS = (384, 256, 128, 64, 32, 16, 8)
 QUERY_COUNT = 200
 TOP_K = 10
+INDEX_TOP_K = 5
 
 
 def neighbour_table(corpus: np.ndarray, queries: np.ndarray, dims: tuple[int, ...]) -> list[dict]:
@@ -64,3 +65,42 @@ def demo() -> None:
             *(f"{row[p]:.3f}" for p in ("float32", "int8", "binary")),
         )
     console.print(table)
+    index_demo(console, corpus, queries[0], sentences[QUERY_COUNT:], sentences[0])
+
+
+def index_demo(
+    console: Console, corpus: np.ndarray, query: np.ndarray, texts: list[str], query_text: str
+) -> None:
+    """Index the corpus on disk and show one query's results at 32, 128 and full dims and via the funnel."""
+    import tempfile
+
+    from matryoshka.index import MatryoshkaIndex
+
+    with tempfile.TemporaryDirectory() as tmp:
+        index = MatryoshkaIndex.create(f"{tmp}/index", full_dim=corpus.shape[1])
+        index.add(corpus, texts=texts)
+        funnel = index.calibrate(k=INDEX_TOP_K)
+        runs = {
+            f"{dim} dims": index.search(query, INDEX_TOP_K, dim=dim) for dim in (32, 128, corpus.shape[1])
+        }
+        runs[f"funnel {','.join(str(s) for s in funnel)}"] = index.search(query, INDEX_TOP_K)
+        console.print(
+            f"\n[bold]Index[/]: {len(corpus)} sentences on disk (float16 chunks); query: {query_text!r}"
+        )
+        table = Table(title="Top results per search (score, text)")
+        table.add_column("rank", justify="right")
+        for name in runs:
+            table.add_column(name, overflow="fold", max_width=34)
+        for rank in range(INDEX_TOP_K):
+            cells = [f"{r.scores[0][rank]:.3f} {(r.texts[0][rank] or '')[:60]}" for r in runs.values()]
+            table.add_row(str(rank + 1), *cells)
+        table.add_row(
+            "cost",
+            *(
+                f"{sum(s.seconds for s in r.stages) * 1000:.1f} ms, "
+                f"{sum(s.bytes_read for s in r.stages) / 1e6:.2f} MB read"
+                for r in runs.values()
+            ),
+        )
+        console.print(table)
+        index.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -20,6 +21,7 @@ def search(
     funnel: str | None = typer.Option(None, "--funnel", help="Stages DIM:KEEP,..., e.g. 32:1000,128:100."),
     precision: str | None = typer.Option(None, "--precision", help="Cascade, e.g. binary,int8,float."),
     hnsw: bool = typer.Option(False, "--hnsw", help="First stage from the index's HNSW graph."),
+    as_json: bool = typer.Option(False, "--json", help="Print results and stage stats as JSON."),
     plan: str | None = typer.Option(None, "--plan", help="'auto': the index's saved plan."),
     latency_ms: float | None = typer.Option(None, "--latency-ms", help="Deepest stage done in time."),
     recall: float | None = typer.Option(None, "--recall", help="Fastest planned funnel reaching it."),
@@ -45,6 +47,19 @@ def search(
         recall=recall,
         adaptive=adaptive,
     )
+    if as_json:
+        stages = [vars(stage) for stage in result.stages]
+        hits = [
+            {"id": key, "score": round(float(score), 6), "text": text}
+            for key, score, text in zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
+        ]
+        typer.echo(
+            json.dumps(
+                {"funnel": result.funnel, "answered": result.answered, "results": hits, "stages": stages},
+                indent=1,
+            )
+        )
+        return
     table = Table(title=f"top {k} for {query!r} via {result.funnel}")
     for column in ("rank", "score", "id", "text"):
         table.add_column(column, overflow="fold")

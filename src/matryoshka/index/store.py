@@ -190,7 +190,8 @@ class Store:
         if self.rows == 0:
             mapped = np.zeros((0, width), dtype=dtype)
         else:
-            mapped = np.memmap(path, dtype=dtype, mode="r", shape=(self.rows, width))
+            # A plain ndarray view of the map: indexing skips np.memmap's per-call subclass overhead.
+            mapped = np.asarray(np.memmap(path, dtype=dtype, mode="r", shape=(self.rows, width)))
         self._maps[name] = mapped
         return mapped
 

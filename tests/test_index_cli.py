@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from matryoshka.cli import app
+from matryoshka.index import MatryoshkaIndex
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def vector_files(tmp_path, full_vectors, sentences):
+    np.save(tmp_path / "v.npy", full_vectors)
+    lines = [json.dumps({"_id": f"d{i}", "text": s}) for i, s in enumerate(sentences)]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "t100.jsonl").write_text("\n".join(lines[:100]) + "\n")
+    np.save(tmp_path / "v100.npy", full_vectors[:100])
+    return tmp_path
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_build_resume_search_delete_compact(vector_files, sentences):
+    root = vector_files
+    out = root / "idx"
+    first = invoke(
+        "index", "build", "--vectors", root / "v100.npy", "--texts", root / "t100.jsonl", "-o", out
+    )
+    assert first.exit_code == 0, first.output
+    assert MatryoshkaIndex.open(out).store.rows == 100
+    resumed = invoke("index", "build", "--vectors", root / "v.npy", "--texts", root / "t.jsonl", "-o", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and f"indexed {len(sentences)} rows" in resumed.output
+    info = json.loads(invoke("index", "info", out, "--verify").output)
+    assert info["rows"] == len(sentences) and info["verified"] and info["source"]["kind"] == "vectors"
+    assert info["funnel"].endswith("384:10")
+
+    text_query = invoke("search", out, "a man plays a guitar")
+    assert text_query.exit_code == 2 and "no recorded model" in text_query.output
+
+    deleted = invoke("index", "delete", out, "d5", "d7", "missing")
+    assert (
+        deleted.exit_code == 0
+        and "deleted 2 rows" in deleted.output
+        and "not found: missing" in deleted.output
+    )
+    compacted = invoke("index", "compact", out)
+    assert compacted.exit_code == 0 and f"{len(sentences) - 2} rows" in compacted.output
+    index = MatryoshkaIndex.open(out)
+    assert index.store.rows_of(["d5", "d6", "d8"]) == {"d6": 5, "d8": 6}
+
+
+def test_model_index_answers_text_queries(vector_files, sentences):
+    root, out = vector_files, vector_files / "m"
+    built = invoke(
+        "index", "build", "--vectors", root / "v.npy", "--texts", root / "t.jsonl", "-m", "minilm", "-o", out
+    )
+    assert built.exit_code == 0, built.output
+    result = invoke("search", out, sentences[3], "-k", "2", "--funnel", "32:100,128:20", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found["results"][0]["id"] == "d3" and found["results"][0]["score"] == pytest.approx(1, abs=1e-3)
+    assert [(s["stage"], s["kept"]) for s in found["stages"]] == [
+        ("32:100", 100),
+        ("128:20", 20),
+        ("384:2", 2),
+    ]
+    shown = invoke("search", out, sentences[3], "-k", "1")
+    assert shown.exit_code == 0 and "d3" in shown.output
+    cascade = invoke("search", out, sentences[3], "-k", "1", "--precision", "binary,int8,float")
+    assert cascade.exit_code == 0 and "d3" in cascade.output
+    for args, message in [
+        (["--dim", "0"], "dimension 0 is out of range"),
+        (["--funnel", "32:x"], "bad funnel stage '32:x'"),
+        (["--dim", "64", "--funnel", "32:100"], "at most one of dim, funnel and precision"),
+        (["--precision", "int4"], "bad precision cascade"),
+    ]:
+        bad = invoke("search", out, "query", *args)
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_errors_on_bad_inputs(tmp_path, vector_files):
+    root = vector_files
+    assert "not a matryoshka index" in invoke("index", "info", tmp_path).output
+    mismatch = invoke(
+        "index", "build", "--vectors", root / "v100.npy", "--texts", root / "t.jsonl", "-o", root / "x"
+    )
+    assert mismatch.exit_code == 2 and "has 100 rows but" in mismatch.output
+    neither = invoke("index", "build", "-o", root / "y")
+    assert neither.exit_code == 2 and "give a corpus" in neither.output
