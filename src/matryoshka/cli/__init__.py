@@ -10,6 +10,7 @@ from matryoshka.cli.encode import encode
 from matryoshka.cli.eval import eval_command
 from matryoshka.cli.index import index_app
 from matryoshka.cli.models import models
+from matryoshka.cli.plan import plan
 from matryoshka.cli.search import search
 from matryoshka.cli.serve import serve
 from matryoshka.cli.train import train
@@ -26,6 +27,7 @@ app.command()(models)
 app.command()(demo)
 app.command(name="eval")(eval_command)
 app.command()(search)
+index_app.command()(plan)
 app.add_typer(index_app, name="index")
 app.command()(serve)
 app.add_typer(adapt, name="adapt")

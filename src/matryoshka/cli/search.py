@@ -30,6 +30,10 @@ def search(
     collection: str = COLLECTION,
     token: str | None = TOKEN,
     rerank: str | None = typer.Option(None, "--rerank", help="Milvus: full-dim rerank on client or server."),
+    plan: str | None = typer.Option(None, "--plan", help="'auto': the index's saved plan."),
+    latency_ms: float | None = typer.Option(None, "--latency-ms", help="Deepest stage done in time."),
+    recall: float | None = typer.Option(None, "--recall", help="Fastest planned funnel reaching it."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Per-query depth (learned predictor)."),
 ) -> None:
     """Search an index; without options it uses the index's calibrated default funnel."""
     from matryoshka.index import MatryoshkaIndex
@@ -49,6 +53,13 @@ def search(
         raise MatryoshkaError("give a query text")
     if dim is not None:
         index.encoder.check_dim(dim)
+    planned = {"plan": plan, "latency_ms": latency_ms, "recall": recall, "adaptive": adaptive}
+    if any(value not in (None, False) for value in planned.values()):
+        if not isinstance(index, MatryoshkaIndex):
+            raise MatryoshkaError("--plan, --latency-ms, --recall and --adaptive need a local index")
+        search_options |= planned
+        if plan == "auto" and index.saved_plan()[1]:
+            typer.echo("warning: the saved plan is stale (the index grew); re-run `index plan`", err=True)
     result = index.search(query, k, dim=dim, funnel=funnel, **search_options)
     if as_json:
         stages = [vars(stage) for stage in result.stages]
@@ -56,7 +67,12 @@ def search(
             {"id": key, "score": round(float(score), 6), "text": text}
             for key, score, text in zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
         ]
-        typer.echo(json.dumps({"funnel": result.funnel, "results": hits, "stages": stages}, indent=1))
+        typer.echo(
+            json.dumps(
+                {"funnel": result.funnel, "answered": result.answered, "results": hits, "stages": stages},
+                indent=1,
+            )
+        )
         return
     table = Table(title=f"top {k} for {query!r} via {result.funnel}")
     for column in ("rank", "score", "id", "text"):
@@ -65,10 +81,12 @@ def search(
         zip(result.ids[0], result.scores[0], result.texts[0], strict=False)
     ):
         table.add_row(str(rank + 1), f"{score:.4f}", key, (text or "")[:120])
-    console = Console()
+    console = Console(emoji=False)
     console.print(table)
     for stage in result.stages:
         console.print(
             f"  stage {stage.stage}: kept {stage.kept}, {stage.seconds * 1000:.1f} ms, "
             f"{stage.bytes_read / 1e6:.2f} MB read"
         )
+    if result.answered:
+        console.print(f"  answered by stage {result.answered[0]}")

@@ -23,6 +23,8 @@ from matryoshka.index.store import DEFAULT_BOUNDARIES, Store, write_manifest
 
 if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
+    from matryoshka.index.adaptive import DepthModel
+    from matryoshka.index.planner import Plan
 
 DEFAULT_K = 10
 
@@ -37,6 +39,7 @@ class SearchResult:
     rows: np.ndarray
     stages: list[StageStats] = field(default_factory=list)
     funnel: str = ""
+    answered: list[str] = field(default_factory=list)  # per query, the stage whose ranking answered
 
 
 class MatryoshkaIndex:
@@ -47,6 +50,7 @@ class MatryoshkaIndex:
         self.resident: dict[int, np.ndarray] = {}
         self._encoder: Encoder | None = None
         self._graphs: dict[int, object] = {}
+        self.stage_seconds: dict[str, float] = {}  # latency-budget mode's running stage timings
 
     # ---- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -140,6 +144,49 @@ class MatryoshkaIndex:
         self._update_manifest(funnel=stages_text(stages))
         return stages
 
+    def plan(
+        self,
+        memory_gb: float | None = None,
+        latency_ms: float | None = None,
+        recall: float | None = None,
+        k: int = DEFAULT_K,
+        queries: np.ndarray | None = None,
+        save: bool = True,
+        sample: int = 200,
+    ) -> Plan:
+        """Measure candidate funnels on a calibration sample (``queries``: a query log) and choose
+        within the budgets (``sample`` calibration queries); saved in the manifest. Prefixes the plan
+        does not hold leave RAM."""
+        from matryoshka.index.planned import new_plan
+
+        plan = new_plan(self, k, memory_gb, latency_ms, recall, queries, sample)
+        for dim in set(self.resident) - set(plan.chosen.resident):
+            del self.resident[dim]
+        if save:
+            self._update_manifest(plan=plan.to_json())
+        return plan
+
+    def saved_plan(self) -> tuple[Plan | None, bool]:
+        """The saved plan (or None) and whether the index has grown past it (stale)."""
+        from matryoshka.index.planned import plan_is_stale, saved_plan
+
+        plan = saved_plan(self)
+        return plan, plan is not None and plan_is_stale(self, plan)
+
+    def train_adaptive(
+        self,
+        k: int = DEFAULT_K,
+        queries: np.ndarray | None = None,
+        funnel: str | None = None,
+        target_recall: float | None = None,
+    ) -> DepthModel:
+        """Fit per-query depth (margin rule and predictor) on held-out queries; saved with the index."""
+        from matryoshka.index.planned import train
+
+        model, _ = train(self, k, queries, funnel, target_recall)
+        self._update_manifest(adaptive=model.record(model.save(self.store.root)))
+        return model
+
     def _update_manifest(self, **changes: object) -> None:
         manifest = json.loads(json.dumps(self.store.manifest)) | changes
         write_manifest(self.store.root, manifest)
@@ -201,11 +248,28 @@ class MatryoshkaIndex:
         funnel: str | list[Stage] | None = None,
         precision: str | None = None,
         hnsw: bool = False,
+        plan: str | Plan | None = None,
+        latency_ms: float | None = None,
+        recall: float | None = None,
+        adaptive: bool | str = False,
     ) -> SearchResult:
-        """Top ``k`` rows per query (texts are encoded with the index's model, vectors used as given)."""
+        """Top ``k`` rows per query (texts are encoded with the index's model, vectors used as given).
+
+        Budgets instead of a funnel: ``plan`` ("auto" or a Plan), ``recall`` (fastest saved-frontier
+        plan reaching it), ``latency_ms`` (deepest stage finished in time), ``adaptive`` (per-query
+        depth, "predictor" or "margin"); see planned.py."""
         if k < 1:
             raise MatryoshkaError(f"k must be at least 1, got {k}")
         vectors = self._query_vectors(queries)
+        if plan is not None or latency_ms is not None or recall is not None or adaptive:
+            if dim is not None or funnel is not None or precision is not None or hnsw:
+                raise MatryoshkaError("budgets replace dim, funnel, precision and hnsw: give one")
+            from matryoshka.index.planned import planned_search
+
+            found = planned_search(self, vectors, k, plan, latency_ms, recall, adaptive)
+            result = self._result(*found[:4])
+            result.answered = found[4]
+            return result
         stages = funnel if isinstance(funnel, list) else self.stages_for(k, dim, funnel, precision)
         first = stages[0]
         if first.precision == "float" and not hnsw:

@@ -2,8 +2,8 @@
 
 The default comes from a quick calibration on the index's own vectors: held-in rows serve as queries
 (their own row is dropped from the truth), and the cheapest candidate funnel (bytes read per query)
-whose recall@k against exact full-dim search reaches the target is kept in the manifest. The planner
-refines this from memory, latency or recall budgets.
+whose recall@k against exact full-dim search reaches the target is kept in the manifest. Sampling and
+measuring are the planner's (``planner.py``), which also chooses from memory, latency or recall budgets.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import MatryoshkaError
-from matryoshka.eval.metrics import recall_at_k
-from matryoshka.index.search import PRECISION_NAMES, Stage, funnel_search, load_prefix
+from matryoshka.index.search import PRECISION_NAMES, Stage
 
 if TYPE_CHECKING:
     from matryoshka.index.store import Store
 
-CALIBRATION_QUERIES = 100
+CALIBRATION_QUERIES = 100  # the quick default; the planner samples more
 TARGET_RECALL = 0.99
 
 
@@ -66,21 +65,6 @@ def stages_text(stages: list[Stage]) -> str:
     return ",".join(str(s) for s in stages)
 
 
-def candidate_funnels(store: Store, k: int) -> list[list[Stage]]:
-    """Two- and three-stage float funnels over the chunk boundaries up to half the full dim."""
-    full = store.full_dim
-    first_dims = [end for _, end in store.chunks if end <= full // 2] or [store.chunks[0][1]]
-    funnels = []
-    for dim in first_dims:
-        for factor in (10, 20, 50, 100, 200, 500):
-            keep = min(k * factor, store.rows)
-            funnels.append([Stage(dim, keep), Stage(full, k)])
-            middle = [end for _, end in store.chunks if dim < end < full]
-            if middle and factor >= 50:
-                funnels.append([Stage(dim, keep), Stage(middle[-1], max(k * 10, keep // 10)), Stage(full, k)])
-    return funnels
-
-
 def funnel_cost(stages: list[Stage], rows: int, itemsize: int) -> int:
     """Bytes read per query: the first stage scans float32 prefixes of every row, later ones gather."""
     cost = rows * stages[0].dim * 4
@@ -92,30 +76,25 @@ def funnel_cost(stages: list[Stage], rows: int, itemsize: int) -> int:
 def calibrate_funnel(
     store: Store, resident: dict[int, np.ndarray], k: int = 10, target: float = TARGET_RECALL
 ) -> list[Stage]:
-    """Cheapest candidate funnel reaching ``target`` recall@k on a sample of the index's own rows."""
-    live = np.setdiff1d(np.arange(store.rows), store.deleted_rows())
-    if len(live) <= k + 1:
+    """Cheapest (bytes read) resident float funnel reaching ``target`` recall@k, measured by the planner
+    on a sample of the index's own rows; the most accurate one when none reaches it."""
+    from matryoshka.index import planner
+
+    if store.rows - len(store.deleted_rows()) <= k + 1:
         return [Stage(store.full_dim, k)]
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(live, size=min(CALIBRATION_QUERIES, len(live)), replace=False))
-    queries = store.read_prefix(sample, store.full_dim)
-    _, exact, _ = funnel_search(store, queries, [Stage(store.full_dim, k + 1)])
-    truth = _drop_self(exact, sample, k)
+    calibration = planner.calibration_sample(store, k, size=CALIBRATION_QUERIES)
     itemsize = np.dtype(store.manifest["dtype"]).itemsize
-    best, best_recall = [Stage(store.full_dim, k)], -1.0
-    for stages in sorted(candidate_funnels(store, k), key=lambda s: funnel_cost(s, store.rows, itemsize)):
-        for dim in {stages[0].dim} - set(resident):
-            resident[dim] = load_prefix(store, dim)
-        wide = [*stages[:-1], Stage(stages[-1].dim, k + 1)]
-        _, found, _ = funnel_search(store, queries, wide, resident)
-        recall = recall_at_k(_drop_self(found, sample, k), truth, k)
-        if recall >= target:
+    float_funnels = [
+        (stages, True)
+        for stages, resident_first in planner.candidate_funnels(store, k)
+        if resident_first and stages[0].precision == "float" and len(stages) > 1
+    ]
+    measured = planner.measure(store, calibration, resident, float_funnels, timing_queries=0)
+    best = max(measured, key=lambda c: c.recall)
+    for candidate, (stages, _) in sorted(
+        zip(measured, float_funnels, strict=True),
+        key=lambda pair: funnel_cost(pair[1][0], store.rows, itemsize),
+    ):
+        if candidate.recall >= target:  # cheapest (bytes read) first
             return stages
-        if recall > best_recall:
-            best, best_recall = stages, recall
-    return best
-
-
-def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Each query's results without its own row (the sample queries are rows of the index)."""
-    return np.stack([f[f != row][:k] for f, row in zip(found, rows, strict=True)])
+    return parse_funnel(best.funnel, store.full_dim, k)

@@ -1,0 +1,212 @@
+"""Budget planner and adaptive depth, predicted beside measured, in one run; writes docs/benchmarks.md.
+
+For each set (bench/search_data.py): build an index, plan once on a *query log* (the first
+``LOG_QUERIES`` held-out queries; the planner measures every candidate funnel on it), choose a plan
+for each budget point from that measurement, then run each chosen plan on the *other* held-out
+queries (never seen by the planner) and report predicted beside measured recall@10 and median
+single-query latency. Latency is measured on the same search path the planner times (funnel stages,
+no id/text lookup). Adaptive depth is trained on the log and compared with the fixed plan at the
+0.95 recall point: bytes read per query, QPS (one query at a time) and recall.
+
+    PYTHONPATH=src:bench python bench/plan.py [--sets real,synthetic] [--real-rows N] [--synthetic-rows N]
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: E402  (thread counts must be set before numpy loads)
+import os
+
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from matryoshka.eval.metrics import recall_at_k
+from matryoshka.index import MatryoshkaIndex, exact_search
+from matryoshka.index.planned import run_candidate
+from matryoshka.index.planner import GB, PlanError, calibration_sample, choose, measure, pareto_frontier
+from report import hardware, markdown_table, write_section
+from search_data import synthetic_vectors
+
+K = 10
+LOG_QUERIES = 200
+ADD_ROWS = 100_000
+
+
+def median_latency_ms(search, queries: np.ndarray) -> tuple[float, float]:
+    """Median single-query milliseconds and QPS over ``queries`` (one warm-up)."""
+    search(queries[:1])
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        search(query[None])
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000), len(queries) / sum(times)
+
+
+def run_set(name: str, corpus: np.ndarray, queries: np.ndarray, lines: list[str]) -> None:
+    log, held_out = queries[:LOG_QUERIES], queries[LOG_QUERIES:]
+    _, exact = exact_search(held_out, corpus, K)
+    with tempfile.TemporaryDirectory() as directory:
+        index = MatryoshkaIndex.create(Path(directory) / "idx", full_dim=corpus.shape[1])
+        for start in range(0, len(corpus), ADD_ROWS):
+            index.add(np.asarray(corpus[start : start + ADD_ROWS], np.float32))
+        started = time.perf_counter()
+        calibration = calibration_sample(index.store, K, log, LOG_QUERIES)
+        measured = measure(index.store, calibration, index.resident)
+        plan_s = time.perf_counter() - started
+        frontier = pareto_frontier(measured)
+        fastest = min(frontier, key=lambda c: c.latency_ms)
+        prefix32 = len(corpus) * 32 * 4 / GB
+        budgets = [
+            ("recall 0.90", {"recall": 0.90}),
+            ("recall 0.95", {"recall": 0.95}),
+            ("recall 0.98", {"recall": 0.98}),
+            ("recall 0.99", {"recall": 0.99}),
+            ("recall 0.995", {"recall": 0.995}),
+            ("memory 0 GB (all mapped)", {"memory_gb": 0.0}),
+            (f"memory {prefix32:.4f} GB (a 32-dim prefix)", {"memory_gb": prefix32}),
+            (f"latency {2 * fastest.latency_ms:.2f} ms", {"latency_ms": 2 * fastest.latency_ms}),
+        ]
+        rows, chosen_at = [], {}
+        for label, budget in budgets:
+            try:
+                chosen = choose(measured, **budget)
+            except PlanError as error:
+                rows.append([label, str(error), "", "", "", "", "", ""])
+                continue
+            chosen_at[label] = chosen
+            _, found, _, _ = run_candidate(index, held_out, chosen, K, K)
+            recall = recall_at_k(found, exact, K)
+            latency, _ = median_latency_ms(
+                lambda q, c=chosen: run_candidate(index, q, c, K, K), held_out[:200]
+            )
+            rows.append(
+                [
+                    label,
+                    chosen.funnel + ("" if chosen.resident else " (mapped)"),
+                    f"{chosen.memory_bytes / 1e6:.1f}",
+                    f"{chosen.recall:.3f}",
+                    f"{recall:.3f}",
+                    f"{chosen.latency_ms:.2f}",
+                    f"{latency:.2f}",
+                    f"{latency / chosen.latency_ms - 1:+.0%}",
+                ]
+            )
+            print(name, rows[-1], flush=True)
+        lines += [
+            f"### {name}: {len(corpus):,} rows x {corpus.shape[1]} dims, {len(held_out)} held-out queries",
+            "",
+            f"Planner: {len(measured)} candidate funnels measured on a {LOG_QUERIES}-query log"
+            f" in {plan_s:.0f} s;"
+            f" {len(frontier)} on the Pareto frontier (latency, recall, RAM).",
+            "",
+            markdown_table(
+                [
+                    "budget",
+                    "chosen funnel",
+                    "RAM MB",
+                    "recall predicted",
+                    "recall measured",
+                    "ms predicted",
+                    "ms measured",
+                    "latency error",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        fixed = chosen_at.get("recall 0.95")
+        if fixed is None or "," not in fixed.funnel:
+            lines += ["Adaptive depth: skipped (the 0.95 plan has a single stage).", ""]
+            return
+        index.plan(recall=0.95, k=K, queries=log, sample=LOG_QUERIES)
+        ends = [end for _, end in index.store.chunks]
+        ladder = f"{ends[0]}:{K * 100},{ends[2]}:{K * 10},{corpus.shape[1]}:{K}"  # smallest prefix first
+        started = time.perf_counter()
+        index.train_adaptive(K, queries=log, funnel=ladder, target_recall=fixed.recall)
+        train_s = time.perf_counter() - started
+        adaptive_rows = []
+        for mode, options in (
+            ("fixed plan", {"funnel": fixed.funnel}),
+            ("ladder, always full depth", {"funnel": ladder}),
+            ("adaptive: margin rule", {"adaptive": "margin"}),
+            ("adaptive: learned predictor", {"adaptive": "predictor"}),
+        ):
+            read, later, stops, found = [], [], [], []
+            for query in held_out:
+                result = index.search(query[None], K, **options)
+                read.append(sum(s.bytes_read for s in result.stages))
+                later.append(sum(s.bytes_read for s in result.stages[1:]))
+                stops.append(result.answered[0] if result.answered else result.funnel.split(",")[-1])
+                found.append(result.rows[0])
+            _, qps = median_latency_ms(lambda q, o=options: index.search(q, K, **o), held_out[:200])
+            adaptive_rows.append(
+                [
+                    mode,
+                    f"{recall_at_k(np.stack(found), exact, K):.3f}",
+                    f"{np.mean(read) / 1e6:.3f}",
+                    f"{np.mean(later) / 1e3:.1f}",
+                    f"{qps:.0f}",
+                    f"{np.mean([s != fixed.funnel.split(',')[-1] for s in stops]):.0%}"
+                    if mode != "fixed plan"
+                    else "0%",
+                ]
+            )
+            print(name, adaptive_rows[-1], flush=True)
+        base_read, base_later = float(adaptive_rows[0][2]), float(adaptive_rows[0][3])
+        lines += [
+            f"Adaptive depth vs the 0.95 plan `{fixed.funnel}`: the ladder `{ladder}` starts at the"
+            f" smallest prefix; each query stops at the stage its rule picks (trained on the log in"
+            f" {train_s:.1f} s to keep the fixed plan's predicted recall {fixed.recall:.3f}):",
+            "",
+            markdown_table(
+                ["mode", "recall@10", "MB read/query", "kB gathered after stage 1", "QPS", "answered early"],
+                adaptive_rows,
+            ),
+            "",
+            "Saved vs fixed: "
+            + "; ".join(
+                f"{row[0]}: {1 - float(row[2]) / base_read:.1%} of all bytes, "
+                f"{1 - float(row[3]) / base_later:.1%} of bytes after the first stage"
+                for row in adaptive_rows[1:]
+            ),
+            "",
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sets", default="real,synthetic")
+    parser.add_argument("--real-rows", type=int, default=100_000)
+    parser.add_argument("--synthetic-rows", type=int, default=200_000)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    lines: list[str] = []
+    for name in args.sets.split(","):
+        if name == "real":
+            from search import cached_real
+
+            corpus, queries = cached_real(args.real_rows)
+            run_set("real MiniLM", corpus, queries, lines)
+        else:
+            corpus, queries = synthetic_vectors(args.synthetic_rows, 1000)
+            label = "synthetic" + (" (reduced from 1M)" if args.synthetic_rows < 1_000_000 else "")
+            run_set(label, corpus, queries, lines)
+        write_section(
+            "plan",
+            "## Budget planner and adaptive depth\n\n"
+            + __doc__.split("\n\n")[1]
+            + "\n\n"
+            + "\n".join(lines)
+            + f"\nWall time {time.perf_counter() - started:.0f} s; {hardware()}, single-threaded BLAS.\n",
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Searches driven by budgets: a saved plan, a recall target, a latency budget, or per-query depth.
+
+``MatryoshkaIndex.search`` hands over here when one of ``plan``, ``recall``, ``latency_ms`` or
+``adaptive`` is given; the mechanisms live in ``planner.py`` (plans) and ``adaptive.py`` (depth).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from matryoshka.errors import MatryoshkaError
+from matryoshka.index.adaptive import (
+    RECALL_SLACK,
+    DepthModel,
+    budget_ladder,
+    budget_search,
+    depth_search,
+    train_depth_model,
+)
+from matryoshka.index.funnel import parse_funnel, stages_text
+from matryoshka.index.planner import Candidate, Plan, calibration_sample, choose, make_plan
+from matryoshka.index.search import Stage, StageStats, funnel_search
+
+if TYPE_CHECKING:
+    from matryoshka.index.api import MatryoshkaIndex
+
+ADAPTIVE_RULES = ("predictor", "margin")
+
+
+def saved_plan(index: MatryoshkaIndex) -> Plan | None:
+    record = index.store.manifest.get("plan")
+    return Plan.from_json(record) if record else None
+
+
+def plan_is_stale(index: MatryoshkaIndex, plan: Plan) -> bool:
+    live = index.store.rows - len(index.store.deleted_rows())
+    return plan.is_stale(live)
+
+
+def scaled_stages(candidate: Candidate, full_dim: int, plan_k: int, k: int) -> list[Stage]:
+    """A candidate's stages for top-``k`` (shortlists grow with k like the default funnel's)."""
+    stages = candidate.stages(full_dim, plan_k)
+    grow = max(1.0, k / plan_k)
+    return [*(Stage(s.dim, int(s.keep * grow), s.precision) for s in stages[:-1]), Stage(stages[-1].dim, k)]
+
+
+def run_candidate(
+    index: MatryoshkaIndex, queries: np.ndarray, candidate: Candidate, plan_k: int, k: int
+) -> tuple[np.ndarray, np.ndarray, list[StageStats], list[Stage]]:
+    """Search with a plan: only the candidate's resident prefixes are loaded into RAM."""
+    stages = scaled_stages(candidate, index.store.full_dim, plan_k, k)
+    for dim in candidate.resident:
+        index.load(dim)
+    held = {dim: index.resident[dim] for dim in candidate.resident}
+    scores, rows, stats = funnel_search(index.store, queries, stages, held)
+    return scores, rows, stats, stages
+
+
+def current_plan(index: MatryoshkaIndex, k: int) -> Plan:
+    return saved_plan(index) or index.plan(k=k)
+
+
+def depth_model(index: MatryoshkaIndex, k: int) -> DepthModel:
+    """The saved depth model for top-``k`` (loaded once per open index), trained now if there is none."""
+    record = index.store.manifest.get("adaptive")
+    if record is None or record["k"] != k:
+        return index.train_adaptive(k)
+    cached = index.__dict__.get("_depth_model")
+    if cached is None or cached[0] != record:
+        index.__dict__["_depth_model"] = (record, DepthModel.load(index.store.root, record))
+    return index.__dict__["_depth_model"][1]
+
+
+def train(
+    index: MatryoshkaIndex,
+    k: int,
+    queries: np.ndarray | None = None,
+    funnel: str | None = None,
+    target_recall: float | None = None,
+) -> tuple[DepthModel, list[Stage]]:
+    """Fit both depth rules for the ladder ``funnel`` (default: the saved plan's, else the calibrated
+    default) to keep ``target_recall`` (default: the full ladder's own recall, less half the slack)."""
+    store = index.store
+    if funnel is None:
+        plan = saved_plan(index)
+        chosen = plan.chosen.funnel if plan and "," in plan.chosen.funnel else None
+        funnel = chosen or stages_text(index.stages_for(k))
+    ladder = parse_funnel(funnel, store.full_dim, k)
+    if len(ladder) < 2:
+        raise MatryoshkaError(f"adaptive depth needs a funnel of two or more stages, got {funnel}")
+    if ladder[0].precision == "float":
+        index.load(ladder[0].dim)
+    calibration = calibration_sample(store, k, queries)
+    wide = [*ladder[:-1], Stage(ladder[-1].dim, calibration.width)]
+    _, found, _ = funnel_search(store, calibration.queries, wide, index.resident)
+    target = calibration.recall(found) - RECALL_SLACK / 2 if target_recall is None else target_recall
+    return train_depth_model(store, calibration, ladder, index.resident, target), ladder
+
+
+def planned_search(
+    index: MatryoshkaIndex,
+    queries: np.ndarray,
+    k: int,
+    plan: str | Plan | None = None,
+    latency_ms: float | None = None,
+    recall: float | None = None,
+    adaptive: bool | str = False,
+) -> tuple[np.ndarray, np.ndarray, list[StageStats], list[Stage], list[str]]:
+    """(scores, rows, stats, stages, stage that answered each query)."""
+    if sum([plan is not None, latency_ms is not None, recall is not None, bool(adaptive)]) > 1:
+        raise MatryoshkaError("give at most one of plan, latency_ms, recall and adaptive")
+    store = index.store
+    if latency_ms is not None:
+        if latency_ms <= 0:
+            raise MatryoshkaError(f"latency_ms must be positive, got {latency_ms}")
+        saved = saved_plan(index)
+        first_keep = scaled_stages(saved.chosen, store.full_dim, saved.k, k)[0].keep if saved else k * 100
+        ladder = budget_ladder(store, k, first_keep)
+        index.load(ladder[0].dim)
+        scores, rows, stats, answered = budget_search(
+            store, queries, ladder, index.resident, k, latency_ms / 1000, expected=index.stage_seconds
+        )
+        return scores, rows, stats, ladder[: answered + 1], [str(ladder[answered])] * len(queries)
+    if adaptive:
+        rule = "predictor" if adaptive is True else adaptive
+        if rule not in ADAPTIVE_RULES:
+            raise MatryoshkaError(f"adaptive must be one of {', '.join(ADAPTIVE_RULES)}, got {rule!r}")
+        model = depth_model(index, k)
+        ladder = parse_funnel(model.funnel, store.full_dim, k)
+        if ladder[0].precision == "float":
+            index.load(ladder[0].dim)
+        decide = model.predictor_rule if rule == "predictor" else model.margin_rule
+        scores, rows, stats, answered = depth_search(store, queries, ladder, index.resident, k, decide)
+        return scores, rows, stats, ladder, [str(ladder[a]) for a in answered]
+    if isinstance(plan, Plan):
+        chosen, plan_k = plan.chosen, plan.k
+    elif plan in (None, "auto"):
+        current = current_plan(index, k)
+        chosen = choose(current.frontier, recall=recall) if recall is not None else current.chosen
+        plan_k = current.k
+    else:
+        raise MatryoshkaError(f"plan must be 'auto' or a Plan, got {plan!r}")
+    scores, rows, stats, stages = run_candidate(index, queries, chosen, plan_k, k)
+    return scores, rows, stats, stages, [str(stages[-1])] * len(queries)
+
+
+def new_plan(
+    index: MatryoshkaIndex,
+    k: int,
+    memory_gb: float | None,
+    latency_ms: float | None,
+    recall: float | None,
+    queries: np.ndarray | None,
+    sample: int,
+) -> Plan:
+    return make_plan(index.store, index.resident, k, memory_gb, latency_ms, recall, queries, sample=sample)

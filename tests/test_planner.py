@@ -1,0 +1,176 @@
+"""Budget planner, capacity planning, adaptive depth and latency-budget mode on small indexes."""
+
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from matryoshka.cli import app
+from matryoshka.eval.metrics import recall_at_k
+from matryoshka.index import MatryoshkaIndex, Stage, exact_search
+from matryoshka.index.adaptive import DepthModel, budget_ladder, budget_search
+from matryoshka.index.capacity import best_option, bytes_per_vector, capacity_options
+from matryoshka.index.funnel import stages_text
+from matryoshka.index.planner import PlanError, choose, pareto_frontier
+
+K = 10
+ROWS = 3000
+SAMPLE = 60  # calibration queries: enough for these tests, quick
+
+
+def decaying(count: int, seed: int, centres: np.ndarray) -> np.ndarray:
+    """Unit vectors around cluster centres with a Matryoshka-like decaying coordinate spectrum."""
+    rng = np.random.default_rng(seed)
+    scale = (1 + np.arange(384) / 16) ** -0.75
+    x = centres[rng.integers(0, len(centres), count)] + 0.8 * rng.standard_normal((count, 384)) * scale
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    centres = np.random.default_rng(1).standard_normal((60, 384)) * (1 + np.arange(384) / 16) ** -0.75
+    return decaying(ROWS, 2, centres), decaying(150, 3, centres), decaying(800, 4, centres)
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory, data):
+    corpus, _, _ = data
+    index = MatryoshkaIndex.create(tmp_path_factory.mktemp("plan") / "idx", full_dim=384, dtype="float32")
+    index.add(corpus)
+    plan = index.plan(recall=0.9, k=K, sample=SAMPLE)
+    return index, plan
+
+
+def test_plan_is_saved_on_the_frontier_and_meets_recall_on_held_out_queries(planned, data):
+    index, plan = planned
+    corpus, held_out, _ = data
+    assert plan.chosen.recall >= 0.9
+    assert any(c.funnel == plan.chosen.funnel and c.resident == plan.chosen.resident for c in plan.frontier)
+    faster = [c for c in plan.frontier if c.latency_ms < plan.chosen.latency_ms]
+    assert all(c.recall < 0.9 for c in faster)  # the fastest plan meeting the target
+    reopened = MatryoshkaIndex.open(index.store.root)
+    saved, stale = reopened.saved_plan()
+    assert saved.chosen == plan.chosen and not stale
+    result = reopened.search(held_out, K, plan="auto")
+    _, exact = exact_search(held_out, corpus, K)
+    assert recall_at_k(result.rows, exact) >= 0.9 - 0.03
+    assert set(reopened.resident) == set(plan.chosen.resident)
+
+
+def test_memory_budget_bounds_the_bytes_held_in_ram(planned, data):
+    index, _ = planned
+    budget_gb = ROWS * 40 * 4 / 1e9  # room for a 32-dim float32 prefix, not a 64-dim one
+    plan = index.plan(memory_gb=budget_gb, k=K, save=False, sample=20)
+    assert plan.chosen.memory_bytes <= budget_gb * 1e9
+    fresh = MatryoshkaIndex.open(index.store.root)
+    fresh.search(data[1][:5], K, plan=plan)
+    assert sum(a.nbytes for a in fresh.resident.values()) <= budget_gb * 1e9
+    nothing = MatryoshkaIndex.open(index.store.root)
+    mapped = nothing.plan(memory_gb=0, k=K, save=False, sample=20)
+    nothing.search(data[1][:5], K, plan=mapped)
+    assert mapped.chosen.resident == [] and nothing.resident == {}
+
+
+def test_recall_option_picks_from_the_saved_frontier(planned, data):
+    index, plan = planned
+    low = index.search(data[1][:3], K, recall=0.5)
+    high = index.search(data[1][:3], K, recall=1.0)
+    assert low.funnel == stages_text(choose(plan.frontier, recall=0.5).stages(384, K))
+    assert high.funnel == stages_text(choose(plan.frontier, recall=1.0).stages(384, K))
+    assert choose(plan.frontier, recall=1.0).recall == 1.0
+
+
+def test_impossible_budget_names_the_nearest_feasible_plan(planned, tmp_path):
+    index, plan = planned
+    with pytest.raises(PlanError, match="nearest feasible plan"):
+        choose(plan.frontier, latency_ms=1e-6, recall=0.999)
+    result = CliRunner().invoke(
+        app,
+        [
+            "index",
+            "plan",
+            str(index.store.root),
+            "--latency-ms",
+            "1e-6",
+            "--recall",
+            "0.999",
+            "--sample",
+            "20",
+        ],
+    )
+    assert result.exit_code == 2 and "nearest feasible plan" in result.output
+    sized = CliRunner().invoke(app, ["index", "plan", str(index.store.root), "--vectors", "1000000000"])
+    assert sized.exit_code == 2 and "--vectors needs --memory-gb" in sized.output
+    sized = CliRunner().invoke(
+        app, ["index", "plan", str(index.store.root), "--vectors", "1000000000", "--memory-gb", "20"]
+    )
+    assert sized.exit_code == 0 and "binary@128" in sized.output and "chosen" in sized.output
+
+
+def test_pareto_frontier_drops_dominated_points(planned):
+    _, plan = planned
+    assert pareto_frontier(plan.frontier) == plan.frontier
+
+
+def test_plan_goes_stale_when_the_index_grows(tmp_path, data):
+    corpus, _, extra = data
+    index = MatryoshkaIndex.create(tmp_path / "idx", full_dim=384)
+    index.add(corpus[:1000])
+    index.plan(k=K, sample=20)
+    assert index.saved_plan()[1] is False
+    index.add(extra[:300])
+    assert index.saved_plan()[1] is True
+
+
+def test_latency_budget_never_answers_much_later_than_the_budget(planned, data):
+    index, _ = planned
+    ladder = budget_ladder(index.store, K, 300)
+    index.load(ladder[0].dim)
+    slow = {2}
+
+    def sleepy(position: int, stage: Stage) -> None:
+        if position in slow:
+            time.sleep(1.0)
+
+    budget = 0.15
+    started = time.perf_counter()
+    _, rows, stats, answered = budget_search(
+        index.store, data[1][:1], ladder, index.resident, K, budget, before_stage=sleepy
+    )
+    elapsed = time.perf_counter() - started
+    assert elapsed < budget + 0.1  # the slow stage is abandoned, not waited for
+    assert answered < 2 and rows.shape == (1, K) and len(stats) == answered + 1
+    slow.clear()
+    _, _, _, deepest = budget_search(index.store, data[1][:1], ladder, index.resident, K, 30.0)
+    assert deepest == len(ladder) - 1
+    result = index.search(data[1][:1], K, latency_ms=30_000)
+    assert result.answered == [str(ladder[-1])]
+
+
+def test_adaptive_predictor_round_trips_with_the_index(planned, data):
+    index, _ = planned
+    model = index.train_adaptive(K)
+    first = index.search(data[1], K, adaptive=True)
+    reopened = MatryoshkaIndex.open(index.store.root)
+    loaded = DepthModel.load(reopened.store.root, reopened.store.manifest["adaptive"])
+    np.testing.assert_array_equal(loaded.weights, model.weights)
+    assert (loaded.margin, loaded.confidence, loaded.funnel) == (model.margin, model.confidence, model.funnel)
+    again = reopened.search(data[1], K, adaptive=True)
+    np.testing.assert_array_equal(first.rows, again.rows)
+    assert first.answered == again.answered and len(first.answered) == len(data[1])
+    margin = reopened.search(data[1], K, adaptive="margin")
+    assert len(margin.answered) == len(data[1])
+
+
+def test_capacity_table_counts_bytes_exactly_and_measures_recall(data):
+    corpus = data[0][:1200]
+    options = capacity_options(10_000_000, 1.0, corpus, K)
+    by = {(o.precision, o.dim): o for o in options}
+    assert by[("float32", 32)].total_bytes == 10_000_000 * 128
+    assert by[("binary", 64)].bytes_per_vector == 8 == bytes_per_vector(64, "binary")
+    assert by[("float32", 384)].recall == 1.0
+    chosen = best_option(options, 1.0)
+    assert chosen.fits and chosen.total_bytes <= 1e9
+    with pytest.raises(Exception, match="nothing fits"):
+        best_option(capacity_options(10**12, 0.001, corpus, K), 0.001)
