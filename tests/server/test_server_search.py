@@ -59,8 +59,9 @@ def test_funnel_and_default_search(url, encoder, full_vectors):
         ({"dimensions": 500}, 400, "must be between 1 and 384"),
         ({"funnel": "32:x"}, 400, "bad funnel stage '32:x'"),
         ({"dimensions": 64, "funnel": "32:100"}, 400, "give at most one of"),
-        ({"latency_ms": 5}, 400, "'latency_ms' needs the query planner"),
-        ({"recall": 0.9}, 400, "'recall' needs the query planner"),
+        ({"latency_ms": 0}, 400, "'latency_ms'"),
+        ({"recall": 1.5}, 400, "'recall'"),
+        ({"recall": 0.9, "latency_ms": 5}, 400, "give at most one of"),
         ({"k": 0}, 400, "'k': Input should be greater than or equal to 1"),
         ({"query": ""}, 400, "'query'"),
         ({"index": "other"}, 404, "index 'other' is not served here"),
@@ -84,3 +85,19 @@ def test_health_names_the_index_and_search_needs_one(url, serve):
 def test_index_of_another_model_is_refused(index_dir, declared_encoder):
     with pytest.raises(MatryoshkaError, match="cannot search an index of vectors from all-MiniLM-L6-v2"):
         IndexService(index_dir, declared_encoder)
+
+
+def test_recall_budget_uses_the_planner(url, encoder, full_vectors):
+    response = search(url, k=5, recall=0.99)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stages"][-1]["dim"] == 384 and len(body["hits"]) == 5
+    assert [hit["id"] for hit in body["hits"]] == expected_ids(encoder, full_vectors, 384, 5)
+
+
+def test_latency_budget_answers_from_a_finished_stage(url):
+    response = search(url, k=5, latency_ms=2000)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["hits"]) == 5 and body["stages"]
+    assert all(stage["kept"] >= 5 for stage in body["stages"])

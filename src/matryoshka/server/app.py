@@ -160,21 +160,14 @@ def create_app(
             raise ApiError(
                 400, f"give at most one of {', '.join(SEARCH_MODES)} (got {', '.join(chosen)})", chosen[1]
             )
-        if chosen and chosen[0] in ("latency_ms", "recall"):
-            raise ApiError(
-                400,
-                f"'{chosen[0]}' needs the query planner, which this server does not have yet; "
-                "use 'dimensions' or 'funnel'",
-                chosen[0],
-                "unsupported",
-            )
+        budget = {name: getattr(body, name) for name in ("latency_ms", "recall") if name in chosen}
         dim = engine.encoder.check_dim(body.dimensions) if body.dimensions is not None else None
         texts_from_input(body.query, limits)
         started = time.perf_counter()
         full, _ = await encode([body.query])
         encoded = time.perf_counter()
         try:
-            result, stages = await index.search(full[0], body.k, dim, body.funnel)
+            result, stages = await index.search(full[0], body.k, dim, body.funnel, budget)
         except MatryoshkaError as exc:
             raise ApiError(400, str(exc), chosen[0] if chosen else None, "invalid_value") from None
         done = time.perf_counter()
@@ -191,7 +184,7 @@ def create_app(
                 ms=1000 * stats.seconds,
                 bytes_read=stats.bytes_read,
             )
-            for stage, stats in zip(stages, result.stages, strict=True)
+            for stage, stats in zip(stages, result.stages, strict=False)  # a latency budget may stop early
         ]
         timings = {
             "encode": 1000 * (encoded - started),

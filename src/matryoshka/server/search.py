@@ -17,7 +17,7 @@ import numpy as np
 from matryoshka.encoder import Encoder
 from matryoshka.errors import MatryoshkaError
 from matryoshka.index import MatryoshkaIndex, Stage
-from matryoshka.index.funnel import stages_text
+from matryoshka.index.funnel import parse_funnel, stages_text
 
 DEFAULT_K = 10
 
@@ -58,14 +58,23 @@ class IndexService:
         return {"name": self.name, "rows": self.rows, "default_funnel": self.default_funnel}
 
     async def search(
-        self, vector: np.ndarray, k: int, dim: int | None = None, funnel: str | None = None
+        self,
+        vector: np.ndarray,
+        k: int,
+        dim: int | None = None,
+        funnel: str | None = None,
+        budget: dict | None = None,
     ) -> tuple[object, list[Stage]]:
-        """Top ``k`` for one full-dim query vector: exact at ``dim``, through ``funnel``, or the default."""
+        """Top ``k`` for one full-dim query vector: exact at ``dim``, through ``funnel``, within a planner
+        ``budget`` (``{"recall": R}`` or ``{"latency_ms": L}``), or through the default funnel."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._search, vector, k, dim, funnel
+            self._thread, self._search, vector, k, dim, funnel, budget
         )
 
-    def _search(self, vector: np.ndarray, k: int, dim: int | None, funnel: str | None):
+    def _search(self, vector: np.ndarray, k: int, dim: int | None, funnel: str | None, budget: dict | None):
+        if budget:
+            result = self.index.search(vector[None, :], k, **budget)
+            return result, parse_funnel(result.funnel, self.index.store.full_dim, k)
         if dim is None and funnel is None:
             funnel = self.default_funnel
         stages = self.index.stages_for(k, dim=dim, funnel=funnel)
