@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -279,17 +279,7 @@ class MatryoshkaIndex:
         return self._result(scores, rows, stats, stages)
 
     def _query_vectors(self, queries: str | Sequence[str] | np.ndarray) -> np.ndarray:
-        if isinstance(queries, np.ndarray):
-            vectors = np.atleast_2d(queries).astype(np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != self.store.full_dim:
-                raise DimensionError(
-                    f"query vectors have {vectors.shape[-1]} dims, the index holds {self.store.full_dim}"
-                )
-            return vectors
-        texts = [queries] if isinstance(queries, str) else list(queries)
-        if not texts:
-            raise MatryoshkaError("no queries given")
-        return self.encoder.encode_full(texts)
+        return query_vectors(queries, self.store.full_dim, lambda: self.encoder)
 
     def _result(
         self, scores: np.ndarray, rows: np.ndarray, stats: list[StageStats], stages: list[Stage]
@@ -357,3 +347,19 @@ def _encoder(model: str | os.PathLike) -> Encoder:
     from matryoshka.encoder import Encoder
 
     return Encoder(model)
+
+
+def query_vectors(
+    queries: str | Sequence[str] | np.ndarray, full_dim: int, encoder: Callable[[], Encoder]
+) -> np.ndarray:
+    """Full-dim float32 query vectors: given vectors checked against the index's dim, texts encoded
+    with the index's model (``encoder`` is called only when there are texts, so it may load lazily)."""
+    if isinstance(queries, np.ndarray):
+        vectors = np.atleast_2d(queries).astype(np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != full_dim:
+            raise DimensionError(f"query vectors have {vectors.shape[-1]} dims, the index holds {full_dim}")
+        return vectors
+    texts = [queries] if isinstance(queries, str) else list(queries)
+    if not texts:
+        raise MatryoshkaError("no queries given")
+    return encoder().encode_full(texts)

@@ -412,17 +412,9 @@ class MilvusIndex:
         return ids, scores, 0
 
     def _query_vectors(self, queries: str | Sequence[str] | np.ndarray) -> np.ndarray:
-        if isinstance(queries, np.ndarray):
-            vectors = np.atleast_2d(queries).astype(np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != self.full_dim:
-                raise DimensionError(
-                    f"query vectors have {vectors.shape[-1]} dims, the index holds {self.full_dim}"
-                )
-            return vectors
-        texts = [queries] if isinstance(queries, str) else list(queries)
-        if not texts:
-            raise MatryoshkaError("no queries given")
-        return self.encoder.encode_full(texts)
+        from matryoshka.index.api import query_vectors
+
+        return query_vectors(queries, self.full_dim, lambda: self.encoder)
 
     def _result(self, ids: list[list[str]], scores: list[list[float]], k: int, stats, stages) -> SearchResult:
         from matryoshka.index.api import SearchResult
