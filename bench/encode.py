@@ -88,17 +88,15 @@ def run_worker(backend: str, args: argparse.Namespace, texts_file: Path, out: Pa
 
 
 def stsb_spearman(vectors: np.ndarray, short: list[str], dim: int) -> float:
-    # matryoshka.eval.metrics has no spearman on main yet (the lead is adding it); scipy directly here.
-    from scipy.stats import spearmanr
-
     from matryoshka import truncate
     from matryoshka.datasets import load_stsb
+    from matryoshka.eval.metrics import spearman
 
     pairs = load_stsb("test")
     index = {text: row for row, text in enumerate(short)}
     prefix = truncate(vectors, dim)
     first, second = prefix[[index[t] for t in pairs.first]], prefix[[index[t] for t in pairs.second]]
-    return 100 * float(spearmanr(np.sum(first * second, axis=1), pairs.scores).statistic)
+    return 100 * spearman(np.sum(first * second, axis=1), pairs.scores)
 
 
 def ensure_exports() -> dict[str, float]:
@@ -214,8 +212,7 @@ def report(args, short, long, runs, vectors, setup, wall_s, loads) -> None:
             "(the machine "
             "is shared with other jobs). Speed ratios are to sentence-transformers `encode` (torch, CPU). "
             "Cosines are to the sentence-transformers vectors over both text sets; Spearman (x100) is "
-            "on STS-B test at 384 and 64 dims (scipy `spearmanr`: the metrics module has none on main "
-            "yet). Peak RSS is the worker process's, libraries included.",
+            "on STS-B test at 384 and 64 dims. Peak RSS is the worker process's, libraries included.",
             "",
             markdown_table(headers, rows),
             "",
