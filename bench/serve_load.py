@@ -232,8 +232,9 @@ def main() -> None:
         "loopback (keep-alive connections on raw asyncio streams); a refused client waits what "
         "`Retry-After` says (1 s), as the openai client does. Each "
         "configuration is a fresh `matryoshka serve` process with its default encoder threads "
-        f"({max(1, (os.cpu_count() or 2) - 1)} here: cores - 1; CPU backend: ONNX fp32); the clients run on the same cores as the "
-        "server. Latencies are of successful requests, client side. The machine was shared with other "
+        f"({max(1, (os.cpu_count() or 2) - 1)} here: cores - 1; CPU backend: ONNX fp32); the clients "
+        "run on the same cores as the server. Latencies are of successful requests, client side. "
+        "The machine was shared with other "
         f"jobs: 1-minute load average {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after "
         "it, so absolute figures are low; the ratio between rows, measured in the same run, is the "
         "result.\n\n" + markdown_table(headers, rows)
