@@ -153,6 +153,25 @@ def train_st_baseline(
     return model, seconds / max(trainer.state.global_step, 1)
 
 
+def recipe_config(
+    data: str, data_format: str, args, epochs: int, batch_size: int, lr: float, overrides: dict
+) -> dict:
+    """TrainConfig settings of one recipe row: the recipe defaults, the row's overrides, and (in --quick
+    runs) four quarter-epoch phases for schedules other than `all`."""
+    config = {
+        "data": data,
+        "format": data_format,
+        "limit": args.limit,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        **overrides,
+    }
+    if args.quick and overrides.get("schedule", "all") != "all":
+        config["phases"] = 4  # one epoch: four phases of a quarter epoch each
+    return config
+
+
 def train_recipe(config_kwargs: dict):
     """Train with this project's loop; returns (model, seconds per step)."""
     import tempfile

@@ -22,6 +22,7 @@ from train_common import (
     RowStore,
     encode,
     parse_args,
+    recipe_config,
     run_row,
     setup_line,
     stored_row,
@@ -86,18 +87,7 @@ def main() -> None:
 
     def recipe(overrides: dict):
         def compute():
-            config = {
-                "data": str(train_file),
-                "format": "stsb",
-                "limit": args.limit,
-                "epochs": epochs,
-                "batch_size": BATCH,
-                "lr": LR,
-                **RECIPE,
-                **overrides,
-            }
-            if args.quick and overrides.get("schedule", "all") != "all":
-                config["phases"] = 4  # one epoch: four phases of a quarter epoch each
+            config = recipe_config(str(train_file), "stsb", args, epochs, BATCH, LR, {**RECIPE, **overrides})
             model, per_step = train_recipe(config)
             return {**evaluate(model, test), "seconds_per_step": per_step}
 
