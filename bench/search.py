@@ -3,9 +3,11 @@
 Sets: (a) real MiniLM embeddings of staged sentences with held-out sentences as queries, (b) synthetic
 384-dim vectors with a decaying spectrum and clusters (bench/search_data.py documents both).
 Peers: faiss IndexFlatIP at full dim (exact, also the recall reference), faiss HNSW at full dim, and
-faiss IndexRefineFlat over an int8 IndexScalarQuantizer (the two-stage search a faiss user assembles).
-Ours: MatryoshkaIndex funnel search (exact first stage over a resident float32 prefix, then re-ranking
-gathered float16 rows), and an HNSW graph over the 32-dim prefix only, then the same re-ranking.
+the two-stage searches a faiss user assembles: IndexRefineFlat over an int8 IndexScalarQuantizer, and
+over binary sign codes (IndexLSH without rotation, Hamming distance).
+Ours: MatryoshkaIndex funnel search (a first stage over a resident float32 prefix, or a popcount scan of
+the stored sign bits of a prefix, then re-ranking gathered float16 rows), and an HNSW graph over the
+32-dim prefix only, then the same re-ranking.
 
     PYTHONPATH=src:bench python bench/search.py [--sets real,synthetic] [--real-rows N] [--synthetic-rows N]
 """
@@ -119,10 +121,14 @@ def run_set(
         funnels = ["32:200,128:50", "32:500,128:50", "32:1000,128:100", "64:200,128:50", "64:500,128:100"]
         funnels += ["64:1000,128:100,256:30", "64:2000,128:200,256:50", "128:500,256:50", "128:1000,256:100"]
         funnels += ["128:2000,256:200", "128:3000,256:300", "256:1000", "256:2000"]
+        funnels += [f"binary@384:{keep}" for keep in (200, 300, 500, 1000)]
+        funnels += ["binary@256:500", "binary@256:1000", "binary@128:300", "binary@128:500"]
+        funnels += ["binary@128:1000,256:50", "binary@64:1000,128:100", "binary@64:2000,128:200"]
         chosen = []
         for text in funnels:
             stages = parse_funnel(text, dim, K)
-            index.load(stages[0].dim)
+            if stages[0].precision == "float":
+                index.load(stages[0].dim)
             found = index.search(queries, K, funnel=stages).rows
             recall = recall_at_k(found, exact, K)
             print(name, "funnel", text, f"recall {recall:.4f}", flush=True)
@@ -130,8 +136,9 @@ def run_set(
         itemsize = np.dtype(index.store.manifest["dtype"]).itemsize
         cost = {text: funnel_cost(parse_funnel(text, dim, K), rows, itemsize) for text in funnels}
         good = sorted((text for recall, text in chosen if recall >= 0.99), key=cost.get)
+        good_float = [text for text in good if not text.startswith("binary")]
         best_recall = max(chosen)[1]
-        shown = list(dict.fromkeys([*good[:2], best_recall]))
+        shown = list(dict.fromkeys([*good[:2], *good_float[:1], best_recall]))
         for text in shown:
             stages = parse_funnel(text, dim, K)
 
@@ -139,7 +146,9 @@ def run_set(
                 return index.search(q, K, funnel=stages).rows
 
             found = ours(queries)
-            memory = index.resident[stages[0].dim].nbytes
+            first = stages[0]
+            binary = first.precision == "binary"
+            memory = rows * first.dim // 8 if binary else index.resident[first.dim].nbytes
             b1 = timed_qps(ours, queries, 1, count_b1 * 4)
             b64 = timed_qps(ours, queries, BATCH, count_b64)
             record(f"ours: funnel {text},{dim}:{K}", build, memory, found, b1, b64)
@@ -188,6 +197,26 @@ def run_set(
         b64 = timed_qps(peer, queries, BATCH, count_b64)
         memory = rows * dim * 5
         record(f"faiss RefineFlat(SQ8), k_factor {k_factor}", refine_build, memory, found, b1, b64)
+    refine.reset()
+    gc.collect()
+
+    # faiss two-stage over a binary first stage: sign bits (IndexLSH without rotation or thresholds,
+    # Hamming distance), exact re-ranking of k_factor * k rows.
+    started = time.perf_counter()
+    refine = faiss.IndexRefineFlat(faiss.IndexLSH(dim, dim, False, False))
+    refine.add(corpus)
+    refine_build = time.perf_counter() - started
+    for k_factor in (20, 30, 50):
+        parameters = faiss.IndexRefineSearchParameters(k_factor=k_factor)
+
+        def peer_binary(q, parameters=parameters):
+            return refine.search(q, K, params=parameters)[1]
+
+        found = peer_binary(queries)
+        b1 = timed_qps(peer_binary, queries, 1, count_b1 * 4)
+        b64 = timed_qps(peer_binary, queries, BATCH, count_b64)
+        memory = rows * dim * 4 + rows * dim // 8
+        record(f"faiss RefineFlat(binary LSH), k_factor {k_factor}", refine_build, memory, found, b1, b64)
     refine.reset()
     gc.collect()
 
@@ -299,7 +328,7 @@ def write_tables(wall: float) -> None:
 NOTES = (
     "Recall@{k} is against faiss exact full-dim search. QPS b1: queries sent one at a time; "
     "b{batch}: batches of {batch}. Memory: what the search holds in RAM (ours: the float32 first-stage "
-    "prefix, plus the prefix "
+    "prefix or the packed sign bits a binary first stage scans, plus the prefix "
     "graph for HNSW; re-ranking reads float16 rows from the memory-mapped chunk files); faiss: its vectors "
     "(+ codes, + graph). Build s: ours includes writing the on-disk index (float16 chunks, int8 and binary "
     "codes, SQLite ids); HNSW rows show graph build time only (M={neighbours}, efConstruction={ef}). "

@@ -65,36 +65,39 @@ def stages_text(stages: list[Stage]) -> str:
     return ",".join(str(s) for s in stages)
 
 
+CODE_BYTES = {"float": 4.0, "int8": 1.0, "binary": 1 / 8}  # per coordinate of a first-stage scan
+
+
 def funnel_cost(stages: list[Stage], rows: int, itemsize: int) -> int:
-    """Bytes read per query: the first stage scans float32 prefixes of every row, later ones gather."""
-    cost = rows * stages[0].dim * 4
+    """Bytes read per query: the first stage scans every row's float32 prefix (or its int8 or packed
+    binary codes), later ones gather the shortlist's stored rows (or codes)."""
+    cost = int(rows * stages[0].dim * CODE_BYTES[stages[0].precision])
     for previous, stage in itertools.pairwise(stages):
-        cost += previous.keep * stage.dim * itemsize
+        width = itemsize if stage.precision == "float" else CODE_BYTES[stage.precision]
+        cost += int(previous.keep * stage.dim * width)
     return cost
 
 
 def calibrate_funnel(
     store: Store, resident: dict[int, np.ndarray], k: int = 10, target: float = TARGET_RECALL
 ) -> list[Stage]:
-    """Cheapest (bytes read) resident float funnel reaching ``target`` recall@k, measured by the planner
-    on a sample of the index's own rows; the most accurate one when none reaches it."""
+    """Cheapest (bytes read) funnel with a resident float or a binary first stage reaching ``target``
+    recall@k, measured by the planner on a sample of the index's own rows; the most accurate one when
+    none reaches it."""
     from matryoshka.index import planner
 
     if store.rows - len(store.deleted_rows()) <= k + 1:
         return [Stage(store.full_dim, k)]
     calibration = planner.calibration_sample(store, k, size=CALIBRATION_QUERIES)
     itemsize = np.dtype(store.manifest["dtype"]).itemsize
-    float_funnels = [
+    funnels = [
         (stages, True)
         for stages, resident_first in planner.candidate_funnels(store, k)
-        if resident_first and stages[0].precision == "float" and len(stages) > 1
+        if len(stages) > 1 and (resident_first or stages[0].precision == "binary")
     ]
-    measured = planner.measure(store, calibration, resident, float_funnels, timing_queries=0)
+    measured = planner.measure(store, calibration, resident, funnels, timing_queries=0)
     best = max(measured, key=lambda c: c.recall)
-    for candidate, (stages, _) in sorted(
-        zip(measured, float_funnels, strict=True),
-        key=lambda pair: funnel_cost(pair[1][0], store.rows, itemsize),
-    ):
-        if candidate.recall >= target:  # cheapest (bytes read) first
-            return stages
+    reaching = [parse_funnel(c.funnel, store.full_dim, k) for c in measured if c.recall >= target]
+    if reaching:
+        return min(reaching, key=lambda stages: funnel_cost(stages, store.rows, itemsize))
     return parse_funnel(best.funnel, store.full_dim, k)

@@ -140,7 +140,8 @@ def calibration_sample(
 
 def candidate_funnels(store: Store, k: int) -> list[tuple[list[Stage], bool]]:
     """(stages, first stage held in RAM) for float, int8 and binary first stages over the chunk ends up
-    to half the full dim, two and three stages, shortlists of ``SHORTLIST_FACTORS`` x k, and exact."""
+    to half the full dim (binary: and all its coded dims), two and three stages, shortlists of
+    ``SHORTLIST_FACTORS`` x k, and exact."""
     full = store.full_dim
     ends = [end for _, end in store.chunks]
     first_dims = [end for end in ends if end <= full // 2] or [ends[0]]
@@ -149,7 +150,9 @@ def candidate_funnels(store: Store, k: int) -> list[tuple[list[Stage], bool]]:
     seen = set()
     for precision in ("float", "int8", "binary"):
         limit = full if precision == "float" else store.manifest[f"{precision}_dim"]
-        for dim in first_dims:
+        # a popcount scan of every sign bit costs less than a float scan of a 32-dim prefix
+        dims = [*first_dims, limit] if precision == "binary" and limit not in first_dims else first_dims
+        for dim in dims:
             if dim > limit or (precision == "binary" and dim % 8):
                 continue
             for factor in SHORTLIST_FACTORS:

@@ -210,16 +210,34 @@ class Store:
 
     def read_prefix(self, rows: slice | np.ndarray, dim: int) -> np.ndarray:
         """First ``dim`` stored coordinates of ``rows`` (slice or row numbers), float32, not renormalised."""
-        parts = [chunk[rows, :used] for chunk, used in self.chunk_parts(dim)]
-        return (
-            np.concatenate(parts, axis=1, dtype=np.float32) if len(parts) > 1 else parts[0].astype(np.float32)
-        )
+        parts = [self.to_float32(chunk[rows, :used]) for chunk, used in self.chunk_parts(dim)]
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def to_float32(values: np.ndarray) -> np.ndarray:
+        """float16 -> float32 through torch, which converts about 20x faster than numpy's ``astype`` (7 us
+        against 130 us for 300 x 384 values, measured); re-ranking converts every gathered row."""
+        if values.dtype != np.float16:
+            return values.astype(np.float32, copy=False)
+        import torch
+
+        return torch.from_numpy(np.array(values, copy=not values.flags.writeable, order="C")).float().numpy()
 
     def int8_codes(self) -> np.ndarray:
         return self.array(f"g{self.manifest['generation']}-int8-{self.manifest['int8_dim']}.i8")
 
-    def binary_codes(self) -> np.ndarray:
-        return self.array(f"g{self.manifest['generation']}-binary-{self.manifest['binary_dim']}.u8")
+    def binary_codes(self, dim: int | None = None) -> np.ndarray:
+        """Packed sign codes of every row; of the first ``dim`` coordinates only when given, as one
+        C-contiguous array (copied once and kept, ``dim / 8`` bytes per row) for the popcount scan."""
+        name = f"g{self.manifest['generation']}-binary-{self.manifest['binary_dim']}.u8"
+        codes = self.array(name)
+        width = codes.shape[1] if dim is None else -(-dim // 8)
+        if width == codes.shape[1]:
+            return codes
+        key = f"{name}[:{width}]"
+        if key not in self._maps:
+            self._maps[key] = np.ascontiguousarray(codes[:, :width])
+        return self._maps[key]
 
     def int8_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         ranges = self.manifest["int8_ranges"]
