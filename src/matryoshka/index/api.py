@@ -162,6 +162,7 @@ class MatryoshkaIndex:
         plan = new_plan(self, k, memory_gb, latency_ms, recall, queries, sample)
         for dim in set(self.resident) - set(plan.chosen.resident):
             del self.resident[dim]
+        self.store.release_copies()  # sign-bit prefixes measured while planning
         if save:
             self._update_manifest(plan=plan.to_json())
         return plan

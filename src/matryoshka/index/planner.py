@@ -173,10 +173,15 @@ def candidate_funnels(store: Store, k: int) -> list[tuple[list[Stage], bool]]:
 
 
 def resident_bytes(store: Store, stages: list[Stage], resident: bool) -> int:
-    """RAM a funnel keeps: the float32 prefix of every row for a resident float first stage."""
-    if not resident or stages[0].precision != "float":
+    """RAM a funnel keeps: the float32 prefix of every row for a resident float first stage; the
+    contiguous copy of every row's sign bits for a binary first stage over part of the coded dims (all
+    of them are scanned straight from the mapped file)."""
+    first = stages[0]
+    if first.precision == "binary" and first.dim < store.manifest["binary_dim"]:
+        return store.rows * -(-first.dim // 8)
+    if not resident or first.precision != "float":
         return 0
-    return store.rows * stages[0].dim * 4
+    return store.rows * first.dim * 4
 
 
 def measure(
@@ -188,44 +193,46 @@ def measure(
 ) -> list[Candidate]:
     """Recall of every candidate on every sample query (candidates sharing a first stage share one
     batch scan at their widest shortlist, then run their later stages per query), and its median
-    latency over whole single-query searches of the first ``timing_queries``."""
+    latency over whole single-query searches of the first ``timing_queries``, timed round-robin (each
+    query through every candidate in turn) so a change in machine load hits every candidate alike."""
     from matryoshka.index.funnel import stages_text
 
     groups: dict[tuple, list[list[Stage]]] = {}
     for stages, resident in candidates or candidate_funnels(store, calibration.k):
         resident = resident and stages[0].precision == "float"
         groups.setdefault((stages[0].dim, stages[0].precision, resident), []).append(stages)
-    measured = []
-    timed = calibration.queries[:timing_queries]
+    measured, searches = [], []
     for (dim, precision, resident), members in groups.items():
         if resident and dim not in memory:
             memory[dim] = load_prefix(store, dim)
-        dense = memory[dim] if resident else None
+        held = {dim: memory[dim]} if resident else {}
         widest = Stage(dim, max(max(s[0].keep for s in members), calibration.width), precision)
-        _, shortlist, scan_bytes = scan(store, calibration.queries, widest, dense)
+        _, shortlist, scan_bytes = scan(store, calibration.queries, widest, held.get(dim))
         for stages in members:  # recall: later stages one query at a time, as a search runs them
             found, later_bytes = [], 0
             for position, query in enumerate(calibration.queries):
                 rows, read = _later_stages(store, query[None], shortlist[position : position + 1], stages)
                 later_bytes += read
                 found.append(rows[0, : calibration.width])
-            seconds = []  # latency: whole single-query searches, scan and later stages together
-            for query in timed:
-                started = time.perf_counter()
-                held = {dim: dense} if resident else {}
-                funnel_search(store, query[None], stages, held)
-                seconds.append(time.perf_counter() - started)
-            latency = np.median(seconds) if seconds else 0.0
             measured.append(
                 Candidate(
                     stages_text(stages),
                     [dim] if resident else [],
                     resident_bytes(store, stages, resident),
                     calibration.recall(np.stack(found)),
-                    float(latency * 1000),
+                    0.0,
                     scan_bytes + later_bytes // len(calibration.queries),
                 )
             )
+            searches.append((stages, held))
+    seconds = np.zeros((len(measured), min(timing_queries, len(calibration.queries))))
+    for column, query in enumerate(calibration.queries[: seconds.shape[1]]):
+        for row, (stages, held) in enumerate(searches):
+            started = time.perf_counter()
+            funnel_search(store, query[None], stages, held)
+            seconds[row, column] = time.perf_counter() - started
+    for candidate, times in zip(measured, seconds, strict=True):
+        candidate.latency_ms = float(np.median(times) * 1000) if times.size else 0.0
     return measured
 
 

@@ -239,6 +239,15 @@ class Store:
             self._maps[key] = np.ascontiguousarray(codes[:, :width])
         return self._maps[key]
 
+    def held_bytes(self) -> int:
+        """RAM held by in-memory copies (prefix sign codes), not counting the memory-mapped files."""
+        return sum(array.nbytes for key, array in self._maps.items() if "[:" in key)
+
+    def release_copies(self) -> None:
+        """Free the in-memory copies (made again on the next search that needs one)."""
+        for key in [key for key in self._maps if "[:" in key]:
+            del self._maps[key]
+
     def int8_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         ranges = self.manifest["int8_ranges"]
         if ranges is None:
