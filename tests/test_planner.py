@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from matryoshka import MatryoshkaError
 from matryoshka.cli import app
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, Stage, exact_search
@@ -175,3 +176,43 @@ def test_capacity_table_counts_bytes_exactly_and_measures_recall(data):
     assert chosen.fits and chosen.total_bytes <= 1e9
     with pytest.raises(Exception, match="nothing fits"):
         best_option(capacity_options(10**12, 0.001, corpus, K), 0.001)
+
+
+@pytest.mark.parametrize("ladder", ["16|32|128:100,384:10", "binary@64|128|384:200,384:10"])
+def test_prefix_ladder_extends_scores_and_full_depth_equals_the_plain_funnel(planned, data, ladder):
+    from matryoshka.index.prefix_ladder import PrefixScan, parse_prefix_ladder, prefix_depth_search
+
+    index, _ = planned
+    queries = data[1]
+    parsed = parse_prefix_ladder(ladder, 384, K)
+    deepest = index.search(queries, K, funnel=stages_text(parsed.stages))
+    never = lambda q, scores, position: np.zeros(len(q), bool)  # noqa: E731
+    scores, rows, stats, answered = prefix_depth_search(index, queries, parsed, K, never)
+    np.testing.assert_allclose(scores, deepest.scores, atol=1e-5)
+    assert recall_at_k(rows, deepest.rows) == 1.0 and (answered == len(parsed.dims) - 1).all()
+    # each extension equals a fresh scan at that prefix; bytes read are only the new coordinates
+    scan = PrefixScan(index, queries, parsed)
+    for dim in parsed.dims:
+        extended, _, _ = scan.extend(dim, 50)
+        fresh = index.search(queries, 50, funnel=[Stage(dim, 50, parsed.stages[0].precision)])
+        np.testing.assert_allclose(extended, fresh.scores, atol=1e-5)
+    per_coordinate = ROWS / 8 if parsed.stages[0].precision == "binary" else ROWS * 4
+    assert [s.bytes_read for s in stats[: len(parsed.dims)]] == [
+        per_coordinate * (dim - start) for start, dim in zip((0, *parsed.dims[:-1]), parsed.dims, strict=True)
+    ]
+
+
+def test_adaptive_prefix_ladder_stops_early_at_the_trained_recall(planned, data):
+    index, _ = planned
+    corpus, held_out, log = data
+    ladder = "16|32|128:100,384:10"
+    full_depth = index.search(held_out, K, funnel="128:100,384:10")
+    index.train_adaptive(K, queries=log, funnel=ladder)
+    _, exact = exact_search(held_out, corpus, K)
+    for rule in ("margin", "predictor"):
+        result = index.search(held_out, K, adaptive=rule)
+        assert set(result.answered) <= {"16:800", "32:400", "128:100"}  # shorter prefix, wider shortlist
+        assert result.answered.count("16:800") > len(held_out) // 4  # most of this data is easy
+        assert recall_at_k(result.rows, exact) >= recall_at_k(full_depth.rows, exact) - 0.02
+    with pytest.raises(MatryoshkaError, match="the dims must increase"):
+        index.train_adaptive(K, funnel="32|16:100")

@@ -59,14 +59,16 @@ def run_stage(
 
 
 def margins(scores: np.ndarray, k: int) -> np.ndarray:
-    """Per query: top-1 minus k-th score, k-th minus (k+1)-th, k-th minus 2k-th (0 where missing)."""
+    """Per query: top-1 minus k-th score, k-th minus (k+1)-th, k-th minus 2k-th, and k-th minus the
+    last of the shortlist (how far below the top-k the rows left out begin); 0 where missing."""
     width = scores.shape[1]
 
     def at(i: int) -> np.ndarray:
         column = scores[:, min(i, width - 1)]
         return np.where(np.isfinite(column), column, scores[:, 0] - 1)
 
-    return np.stack([at(0) - at(k - 1), at(k - 1) - at(k), at(k - 1) - at(2 * k - 1)], axis=1)
+    kth = at(k - 1)
+    return np.stack([at(0) - kth, kth - at(k), kth - at(2 * k - 1), kth - at(width - 1)], axis=1)
 
 
 def depth_search(
@@ -113,9 +115,10 @@ class DepthModel:
     bias: np.ndarray | None = None
     classes: np.ndarray | None = None
     confidence: float = 1.0
+    margin_column: int = 1  # which of ``margins`` the rule reads: the k-th vs (k+1)-th gap by default
 
     def margin_rule(self, queries: np.ndarray, scores: np.ndarray, position: int) -> np.ndarray:
-        return margins(scores, self.k)[:, 1] >= self.margin
+        return margins(scores, self.k)[:, self.margin_column] >= self.margin
 
     def features(self, queries: np.ndarray, scores: np.ndarray) -> np.ndarray:
         return np.concatenate([truncate(queries, PREFIX_FEATURES), margins(scores, self.k)], axis=1)
@@ -153,6 +156,7 @@ class DepthModel:
     @classmethod
     def load(cls, root: Path, record: dict) -> DepthModel:
         model = cls(record["funnel"], record["k"], record["margin"], confidence=record["confidence"])
+        model.margin_column = record.get("margin_column", 1)
         path = root / record["predictor"]
         if not path.exists():
             raise MatryoshkaError(f"index {root} is damaged: missing {path.name}")
@@ -165,9 +169,18 @@ class DepthModel:
             "funnel": self.funnel,
             "k": self.k,
             "margin": self.margin,
+            "margin_column": self.margin_column,
             "confidence": self.confidence,
             "predictor": predictor,
         }
+
+
+def without_own_rows(scores: np.ndarray, rows: np.ndarray, calibration: Calibration) -> np.ndarray:
+    """Scores with each held-in query's own row dropped (its self-match would fake a wide margin)."""
+    if calibration.self_rows is None:
+        return scores
+    own = rows == calibration.self_rows[:, None]
+    return np.stack([s[~o][: s.shape[0] - 1] for s, o in zip(scores, own, strict=True)])
 
 
 def smallest_exact_stage(stage_rows: list[np.ndarray], truth: np.ndarray, k: int) -> np.ndarray:
@@ -188,8 +201,6 @@ def train_depth_model(
 ) -> DepthModel:
     """Fit the margin threshold and the predictor on the calibration sample so each rule keeps
     recall@k at least ``target_recall``, while stopping as early as that allows."""
-    from sklearn.linear_model import LogisticRegression
-
     from matryoshka.index.funnel import stages_text
 
     k = calibration.k
@@ -200,19 +211,30 @@ def train_depth_model(
     for stage in wide:
         scores, rows, _ = run_stage(store, queries, stage, rows, resident)
         if first is None:
-            first = scores
-            if calibration.self_rows is not None:  # held-in queries score their own row: drop it
-                own = rows == calibration.self_rows[:, None]
-                first = np.stack([s[~o][: s.shape[0] - 1] for s, o in zip(scores, own, strict=True)])
+            first = without_own_rows(scores, rows, calibration)
         stage_rows.append(calibration.answers(rows))
     model = DepthModel(stages_text(ladder), k, np.inf)
+    return fit_rules(model, first, stage_rows, calibration, target_recall)
+
+
+def fit_rules(
+    model: DepthModel,
+    first: np.ndarray,
+    stage_rows: list[np.ndarray],
+    calibration: Calibration,
+    target_recall: float,
+) -> DepthModel:
+    """Set ``model``'s margin threshold and predictor from the first position's scores (without the
+    query's own row) and every position's answers on the calibration sample."""
+    from sklearn.linear_model import LogisticRegression
+
+    k, queries, last = calibration.k, calibration.queries, len(stage_rows) - 1
 
     def recall_if(depth: np.ndarray) -> float:
         chosen = np.stack([stage_rows[d][q] for q, d in enumerate(depth)])
         return recall_at_k(chosen, calibration.truth, k)
 
-    gaps = margins(first, k)[:, 1]
-    last = len(ladder) - 1
+    gaps = margins(first, k)[:, model.margin_column]
     for threshold in np.sort(np.unique(gaps)):  # smallest threshold that keeps the recall target
         depth = np.where(gaps >= threshold, 0, last)
         if recall_if(depth) >= target_recall:

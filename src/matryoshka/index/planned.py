@@ -11,16 +11,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import MatryoshkaError
+from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index.adaptive import (
     RECALL_SLACK,
     DepthModel,
     budget_ladder,
     budget_search,
     depth_search,
+    fit_rules,
     train_depth_model,
 )
 from matryoshka.index.funnel import parse_funnel, stages_text
 from matryoshka.index.planner import Candidate, Plan, calibration_sample, choose, make_plan
+from matryoshka.index.prefix_ladder import (
+    PrefixLadder,
+    ladder_answers,
+    parse_prefix_ladder,
+    prefix_depth_search,
+)
 from matryoshka.index.search import Stage, StageStats, funnel_search
 
 if TYPE_CHECKING:
@@ -87,6 +95,9 @@ def train(
         plan = saved_plan(index)
         chosen = plan.chosen.funnel if plan and "," in plan.chosen.funnel else None
         funnel = chosen or stages_text(index.stages_for(k))
+    prefixes = parse_prefix_ladder(funnel, store.full_dim, k)
+    if prefixes is not None:
+        return _train_prefix_ladder(index, k, queries, funnel, prefixes, target_recall)
     ladder = parse_funnel(funnel, store.full_dim, k)
     if len(ladder) < 2:
         raise MatryoshkaError(f"adaptive depth needs a funnel of two or more stages, got {funnel}")
@@ -97,6 +108,24 @@ def train(
     _, found, _ = funnel_search(store, calibration.queries, wide, index.resident)
     target = calibration.recall(found) - RECALL_SLACK / 2 if target_recall is None else target_recall
     return train_depth_model(store, calibration, ladder, index.resident, target), ladder
+
+
+def _train_prefix_ladder(
+    index: MatryoshkaIndex,
+    k: int,
+    queries: np.ndarray | None,
+    funnel: str,
+    ladder: PrefixLadder,
+    target_recall: float | None,
+) -> tuple[DepthModel, list[Stage]]:
+    calibration = calibration_sample(index.store, k, queries)
+    first, answers = ladder_answers(index, calibration, ladder)
+    full_depth = recall_at_k(answers[-1], calibration.truth, k)
+    target = full_depth - RECALL_SLACK / 2 if target_recall is None else target_recall
+    # a prefix's answer is exact when the shortlist holds the true top-k: the rule reads the gap between
+    # the k-th score and the shortlist's last
+    model = DepthModel(funnel, k, np.inf, margin_column=3)
+    return fit_rules(model, first, answers, calibration, target), ladder.stages
 
 
 def planned_search(
@@ -128,10 +157,15 @@ def planned_search(
         if rule not in ADAPTIVE_RULES:
             raise MatryoshkaError(f"adaptive must be one of {', '.join(ADAPTIVE_RULES)}, got {rule!r}")
         model = depth_model(index, k)
+        decide = model.predictor_rule if rule == "predictor" else model.margin_rule
+        prefixes = parse_prefix_ladder(model.funnel, store.full_dim, k)
+        if prefixes is not None:
+            scores, rows, stats, answered = prefix_depth_search(index, queries, prefixes, k, decide)
+            names = [str(prefixes.first(dim)) for dim in prefixes.dims]
+            return scores, rows, stats, prefixes.stages, [names[a] for a in answered]
         ladder = parse_funnel(model.funnel, store.full_dim, k)
         if ladder[0].precision == "float":
             index.load(ladder[0].dim)
-        decide = model.predictor_rule if rule == "predictor" else model.margin_rule
         scores, rows, stats, answered = depth_search(store, queries, ladder, index.resident, k, decide)
         return scores, rows, stats, ladder, [str(ladder[a]) for a in answered]
     if isinstance(plan, Plan):

@@ -226,26 +226,26 @@ class Store:
     def int8_codes(self) -> np.ndarray:
         return self.array(f"g{self.manifest['generation']}-int8-{self.manifest['int8_dim']}.i8")
 
-    def binary_codes(self, dim: int | None = None) -> np.ndarray:
-        """Packed sign codes of every row; of the first ``dim`` coordinates only when given, as one
-        C-contiguous array (copied once and kept, ``dim / 8`` bytes per row) for the popcount scan."""
+    def binary_codes(self, dim: int | None = None, start: int = 0) -> np.ndarray:
+        """Packed sign codes of every row; of coordinates ``[start, dim)`` only when given (multiples of
+        8), as one C-contiguous array copied once and kept, for the popcount kernels."""
         name = f"g{self.manifest['generation']}-binary-{self.manifest['binary_dim']}.u8"
         codes = self.array(name)
-        width = codes.shape[1] if dim is None else -(-dim // 8)
-        if width == codes.shape[1]:
+        begin, end = start // 8, codes.shape[1] if dim is None else -(-dim // 8)
+        if (begin, end) == (0, codes.shape[1]):
             return codes
-        key = f"{name}[:{width}]"
+        key = f"{name}[{begin}:{end}]"
         if key not in self._maps:
-            self._maps[key] = np.ascontiguousarray(codes[:, :width])
+            self._maps[key] = np.ascontiguousarray(codes[:, begin:end])
         return self._maps[key]
 
     def held_bytes(self) -> int:
         """RAM held by in-memory copies (prefix sign codes), not counting the memory-mapped files."""
-        return sum(array.nbytes for key, array in self._maps.items() if "[:" in key)
+        return sum(array.nbytes for key, array in self._maps.items() if "[" in key)
 
     def release_copies(self) -> None:
         """Free the in-memory copies (made again on the next search that needs one)."""
-        for key in [key for key in self._maps if "[:" in key]:
+        for key in [key for key in self._maps if "[" in key]:
             del self._maps[key]
 
     def int8_ranges(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,191 @@
+"""Per-query first-stage depth: scan a short prefix, go on to a longer one only for queries that need it.
+
+A prefix ladder ``16|32|128:100,384:10`` runs the funnel ``D:K,384:10`` with the first stage at
+D = 16 (K = 800) for every query, then at 32 (K = 400) and at 128 (K = 100) only for the queries a
+depth rule (margin or predictor, ``adaptive.py``) sends on. Going deeper costs only the new
+coordinates: the scan at 32 adds coordinates 16..32 to the 16-dim partial dot products (for
+``binary@128|384:300``, the Hamming distance of bits 128..384 to that of bits 0..128), so a query
+that needs the longest prefix reads what the fixed funnel reads and one that stops early reads a
+fraction of it. Nested coordinates are what make this free.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from matryoshka.dims import truncate
+from matryoshka.errors import MatryoshkaError
+from matryoshka.index.funnel import parse_funnel
+from matryoshka.index.search import Stage, StageStats, rerank, top_k
+
+if TYPE_CHECKING:
+    from matryoshka.index.api import MatryoshkaIndex
+    from matryoshka.index.planner import Calibration
+
+QUERY_BLOCK = 64  # queries scored at once: bounds the (queries x rows) partial-score matrix
+
+
+@dataclass
+class PrefixLadder:
+    """First-stage prefixes, shortest first, and the funnel at the longest (``stages[0].dim``)."""
+
+    dims: tuple[int, ...]
+    stages: list[Stage]
+
+    def first(self, dim: int) -> Stage:
+        """The first stage at prefix ``dim``: a shorter, noisier prefix hands on a wider shortlist,
+        ``keep * longest / dim`` rows, so its top-k is as likely to be inside it."""
+        longest = self.stages[0]
+        return Stage(dim, longest.keep * longest.dim // dim, longest.precision)
+
+
+def parse_prefix_ladder(text: str, full_dim: int, k: int) -> PrefixLadder | None:
+    """``"16|32|128:100,384:10"`` (or ``"binary@128|384:300"``) -> a ladder; None for a plain funnel."""
+    first, _, rest = text.partition(",")
+    precision, at, body = first.rpartition("@")
+    dims_text, colon, keep = body.partition(":")
+    if "|" not in dims_text:
+        return None
+    try:
+        dims = tuple(int(d) for d in dims_text.split("|"))
+    except ValueError:
+        raise MatryoshkaError(f"bad prefix ladder {text!r}: expected dims like 16|32|128:100") from None
+    if list(dims) != sorted(set(dims)) or dims[0] < 1:
+        raise MatryoshkaError(f"bad prefix ladder {text!r}: the dims must increase")
+    if (precision or "float") not in ("float", "binary") or (precision and any(d % 8 for d in dims)):
+        raise MatryoshkaError(f"bad prefix ladder {text!r}: float dims, or binary dims in multiples of 8")
+    longest = f"{precision}{at}{dims[-1]}{colon}{keep}" + (f",{rest}" if rest else "")
+    return PrefixLadder(dims, parse_funnel(longest, full_dim, k))
+
+
+class PrefixScan:
+    """Scores of some queries against every row at growing prefixes, each extending the last."""
+
+    def __init__(self, index: MatryoshkaIndex, queries: np.ndarray, ladder: PrefixLadder) -> None:
+        self.index, self.queries, self.ladder = index, queries, ladder
+        self.binary = ladder.stages[0].precision == "binary"
+        self.done = 0
+        if self.binary:
+            self.query_codes = np.packbits(queries[:, : ladder.dims[-1]] > 0, axis=1)
+            self.partial = np.zeros((len(queries), index.store.rows), np.int32)
+        else:
+            index.load(ladder.dims[-1])
+            self.partial = np.zeros((len(queries), index.store.rows), np.float32)
+
+    def keep_only(self, mask: np.ndarray) -> None:
+        self.queries, self.partial = self.queries[mask], self.partial[mask]
+        if self.binary:
+            self.query_codes = self.query_codes[mask]
+
+    def extend(self, dim: int, keep: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Best ``keep`` rows per query at prefix ``dim``: ``(scores, rows, bytes read)``."""
+        start, self.done = self.done, dim
+        store = self.index.store
+        if self.binary:
+            import faiss
+
+            codes = store.binary_codes(dim, start)
+            query_codes = np.ascontiguousarray(self.query_codes[:, start // 8 : dim // 8])
+            distances = np.empty(self.partial.shape, np.int32)
+            pointers = (faiss.swig_ptr(query_codes), faiss.swig_ptr(codes), faiss.swig_ptr(distances))
+            faiss.hammings(*pointers[:2], len(query_codes), len(codes), codes.shape[1], pointers[2])
+            self.partial += distances
+            scores, read = 1 - self.partial.astype(np.float32) * (2 / dim), codes.nbytes
+        else:
+            prefix = self.index.resident[self.ladder.dims[-1]]
+            self.partial += self.queries[:, start:dim] @ prefix[:, start:dim].T
+            query_norms = np.linalg.norm(self.queries[:, :dim], axis=1, keepdims=True)
+            scores = self.partial * self._inverse_row_norms(prefix, dim) / np.maximum(query_norms, 1e-12)
+            read = len(prefix) * (dim - start) * 4
+        scores[:, store.deleted_rows()] = -np.inf
+        best, rows = top_k(scores, keep)
+        return best, np.where(np.isfinite(best), rows, -1), read
+
+    def _inverse_row_norms(self, prefix: np.ndarray, dim: int) -> np.ndarray:
+        """1 / |row[:dim]| of the rows re-normalised at the longest prefix (cached per prefix array)."""
+        cache = self.index.__dict__.setdefault("_ladder_norms", {})
+        if cache.get("prefix") is not prefix:  # the index reloaded its prefix (rows were added)
+            cache.clear()
+            cache["prefix"] = prefix
+        if dim not in cache:
+            norms = np.linalg.norm(prefix[:, :dim], axis=1)
+            cache[dim] = (1 / np.where(norms == 0, 1, norms)).astype(np.float32)
+        return cache[dim]
+
+
+def _finish(index: MatryoshkaIndex, queries: np.ndarray, rows: np.ndarray, stages: list[Stage]):
+    """The funnel's later stages over a first-stage shortlist: ``(scores, rows, stats)``."""
+    scores, stats = None, []
+    for stage in stages:
+        started = time.perf_counter()
+        scores, rows, read = rerank(index.store, queries, rows, stage)
+        stats.append(StageStats(str(stage), scores.shape[1], time.perf_counter() - started, read))
+    return scores, rows, stats
+
+
+def prefix_depth_search(
+    index: MatryoshkaIndex,
+    queries: np.ndarray,
+    ladder: PrefixLadder,
+    k: int,
+    decide: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, list[StageStats], np.ndarray]:
+    """Run the ladder; after each prefix but the last, ``decide(queries, first-stage scores, position)``
+    says which queries finish the funnel from there. Returns top-k scores and rows, stats, and the
+    position that answered each query."""
+    queries = truncate(np.atleast_2d(np.asarray(queries, np.float32)))
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    out_rows = np.full((len(queries), k), -1, np.int64)
+    answered = np.full(len(queries), len(ladder.dims) - 1)
+    scan, active, stats = PrefixScan(index, queries, ladder), np.arange(len(queries)), []
+    for position, dim in enumerate(ladder.dims):
+        started = time.perf_counter()
+        first_scores, first_rows, read = scan.extend(dim, ladder.first(dim).keep)
+        seconds = time.perf_counter() - started
+        stats.append(StageStats(str(ladder.first(dim)), first_rows.shape[1], seconds, read))
+        last = position == len(ladder.dims) - 1
+        stop = np.ones(len(active), bool) if last else decide(scan.queries, first_scores, position)
+        if stop.any():
+            scores, rows, later = _finish(index, scan.queries[stop], first_rows[stop], ladder.stages[1:])
+            scores = first_scores[stop] if scores is None else scores
+            rows = rows if later else first_rows[stop]
+            width = min(k, scores.shape[1])
+            out_scores[active[stop], :width] = scores[:, :width]
+            out_rows[active[stop], :width] = rows[:, :width]
+            answered[active[stop]] = position
+            stats += later
+        active = active[~stop]
+        scan.keep_only(~stop)
+        if len(active) == 0:
+            break
+    return out_scores, out_rows, stats, answered
+
+
+def ladder_answers(
+    index: MatryoshkaIndex, calibration: Calibration, ladder: PrefixLadder
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """First-prefix scores (own row dropped) and every position's answer, for all calibration queries
+    (what ``adaptive.fit_rules`` fits the depth rules on)."""
+    from matryoshka.index.adaptive import without_own_rows
+
+    width = calibration.width
+    last = ladder.stages[-1]
+    stages = [*ladder.stages[1:-1], Stage(last.dim, width, last.precision)] if len(ladder.stages) > 1 else []
+    first_parts, answers = [], [[] for _ in ladder.dims]
+    for start in range(0, len(calibration.queries), QUERY_BLOCK):
+        block = truncate(calibration.queries[start : start + QUERY_BLOCK])
+        scan = PrefixScan(index, block, ladder)
+        for position, dim in enumerate(ladder.dims):
+            scores, rows, _ = scan.extend(dim, max(ladder.first(dim).keep, width))
+            if position == 0:
+                first_parts.append((scores, rows))
+            answers[position].append(_finish(index, block, rows, stages)[1])
+    first = without_own_rows(
+        np.concatenate([s for s, _ in first_parts]), np.concatenate([r for _, r in first_parts]), calibration
+    )
+    return first, [calibration.answers(np.concatenate(parts)) for parts in answers]
