@@ -30,24 +30,13 @@ from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, exact_search
 from matryoshka.index.planned import run_candidate
 from matryoshka.index.planner import GB, PlanError, calibration_sample, choose, measure, pareto_frontier
+from matryoshka.index.prefix_ladder import ladder_over
 from report import hardware, markdown_table, write_section
 from search_data import synthetic_vectors
 
 K = 10
 LOG_QUERIES = 200
 ADD_ROWS = 100_000
-
-
-def prefix_ladder(funnel: str) -> str:
-    """The fixed plan's funnel with its first stage tried at 1/8, 1/4 and 1/2 of its prefix first."""
-    first, _, rest = funnel.partition(",")
-    precision, at, body = first.rpartition("@")
-    dim_text, _, keep = body.partition(":")
-    dim = int(dim_text)
-    step = 8 if precision == "binary" else 1
-    shorter = sorted({max(step, dim // part // step * step) for part in (8, 4, 2)} - {dim})
-    dims = "|".join(str(d) for d in [*shorter, dim])
-    return f"{precision}{at}{dims}:{keep}" + (f",{rest}" if rest else "")
 
 
 def median_latency_ms(search, queries: np.ndarray) -> tuple[float, float]:
@@ -163,7 +152,7 @@ def run_set(name: str, corpus: np.ndarray, queries: np.ndarray, lines: list[str]
         if fixed is None:
             lines += ["Adaptive depth: skipped (no plan at recall 0.95).", ""]
             return
-        ladder = prefix_ladder(fixed.funnel)
+        ladder = ladder_over(fixed.funnel)
         started = time.perf_counter()
         index.train_adaptive(K, queries=log, funnel=ladder)
         train_s = time.perf_counter() - started

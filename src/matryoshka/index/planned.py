@@ -26,6 +26,7 @@ from matryoshka.index.planner import Candidate, Plan, calibration_sample, choose
 from matryoshka.index.prefix_ladder import (
     PrefixLadder,
     ladder_answers,
+    ladder_over,
     parse_prefix_ladder,
     prefix_depth_search,
 )
@@ -88,13 +89,14 @@ def train(
     funnel: str | None = None,
     target_recall: float | None = None,
 ) -> tuple[DepthModel, list[Stage]]:
-    """Fit both depth rules for the ladder ``funnel`` (default: the saved plan's, else the calibrated
-    default) to keep ``target_recall`` (default: the full ladder's own recall, less half the slack)."""
+    """Fit both depth rules for the ladder ``funnel`` (default: the prefix ladder over the saved plan's
+    funnel, else over the calibrated default) to keep ``target_recall`` (default: the full ladder's own
+    recall, less half the slack)."""
     store = index.store
     if funnel is None:
         plan = saved_plan(index)
         chosen = plan.chosen.funnel if plan and "," in plan.chosen.funnel else None
-        funnel = chosen or stages_text(index.stages_for(k))
+        funnel = ladder_over(chosen or stages_text(index.stages_for(k)))
     prefixes = parse_prefix_ladder(funnel, store.full_dim, k)
     if prefixes is not None:
         return _train_prefix_ladder(index, k, queries, funnel, prefixes, target_recall)
