@@ -206,7 +206,7 @@ def run_set(
     refine = faiss.IndexRefineFlat(faiss.IndexLSH(dim, dim, False, False))
     refine.add(corpus)
     refine_build = time.perf_counter() - started
-    for k_factor in (20, 30, 50):
+    for k_factor in (20, 30, 50, 100, 200):
         parameters = faiss.IndexRefineSearchParameters(k_factor=k_factor)
 
         def peer_binary(q, parameters=parameters):
