@@ -316,7 +316,13 @@ def write_tables(wall: float) -> None:
         if saved_table(name).exists():
             tables[name] = saved_table(name).read_text()
     notes = NOTES.format(
-        batch=BATCH, k=K, neighbours=HNSW_NEIGHBOURS, ef=HNSW_EF_CONSTRUCTION, wall=wall, hardware=hardware()
+        batch=BATCH,
+        k=K,
+        neighbours=HNSW_NEIGHBOURS,
+        ef=HNSW_EF_CONSTRUCTION,
+        wall=wall,
+        hardware=hardware(),
+        load=os.getloadavg()[0],
     )
     body = "\n".join(tables[name] for name in ("real", "synthetic") if name in tables)
     write_section("search", "## Search: funnel vs faiss\n\n" + body + "\n" + notes)
@@ -329,9 +335,10 @@ NOTES = (
     "graph for HNSW; re-ranking reads float16 rows from the memory-mapped chunk files); faiss: its vectors "
     "(+ codes, + graph). Build s: ours includes writing the on-disk index (float16 chunks, int8 and binary "
     "codes, SQLite ids); HNSW rows show graph build time only (faiss: M={neighbours}, efConstruction={ef}). "
-    "Every method runs single-threaded (OMP/OpenBLAS/torch threads = 1) because the 2 cores were shared with "
-    "other jobs (load average above 10), where multi-threaded BLAS spins; absolute QPS is therefore noisy, "
-    "ratios within one table are what to read. Wall time of the last run: {wall:.0f} s on {hardware}."
+    "Every method runs single-threaded (OMP/OpenBLAS/faiss/torch threads = 1) so that other jobs on the "
+    "shared cores cannot make multi-threaded kernels spin (1-minute load average {load:.1f} when the run "
+    "ended); absolute QPS is therefore noisy, ratios within one table are what to read. Wall time of the "
+    "last run: {wall:.0f} s on {hardware}."
 )
 
 
