@@ -216,3 +216,14 @@ def test_adaptive_prefix_ladder_stops_early_at_the_trained_recall(planned, data)
         assert recall_at_k(result.rows, exact) >= recall_at_k(full_depth.rows, exact) - 0.02
     with pytest.raises(MatryoshkaError, match="the dims must increase"):
         index.train_adaptive(K, funnel="32|16:100")
+
+
+def test_without_a_recall_target_near_equal_recall_goes_to_the_fastest():
+    from matryoshka.index.planner import Candidate
+
+    full_scan = Candidate("384:10", [], 0, recall=1.0, latency_ms=140.0)
+    binary = Candidate("binary@384:1000,384:10", [], 0, recall=0.998, latency_ms=0.57)
+    coarse = Candidate("binary@128:300,384:10", [], 0, recall=0.85, latency_ms=0.25)
+    assert choose([full_scan, binary, coarse], memory_gb=0.0) is binary
+    assert choose([full_scan, binary, coarse], latency_ms=0.3) is coarse
+    assert choose([full_scan, binary, coarse], recall=0.999) is full_scan
