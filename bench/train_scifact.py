@@ -43,16 +43,17 @@ VARIANTS = {
     "recipe_no_distill": {"distill": 0.0},
     "recipe_no_pca_head": {"projection_init": "identity"},
 }
-# The recipe's model, then a linear adapter (train/adapter.py) fitted on the corpus with its sentences
-# as pseudo-queries (no test query or qrel): the vectors Encoder serves for a model saved with it.
-ADAPTED = {"recipe_adapter": {}}
+# InfoNCE at the full dim only (this project's loop), then a linear adapter (train/adapter.py) fitted on
+# the corpus with its sentences as pseudo-queries (no test query or qrel) makes the prefixes nest: the
+# vectors Encoder serves for a model saved with that adapter.
+ADAPTED = {"recipe_adapter": {"dims": (384,), "distill": 0.0}}
 ROWS = ["base", "st_matryoshka", "st_mnrl", "recipe", *ADAPTED, *VARIANTS]
 LABELS = {
     "base": "base MiniLM, raw truncation",
     "st_matryoshka": "ST MatryoshkaLoss(MNRL)",
     "st_mnrl": "plain MNRL",
     "recipe": "this project's recipe",
-    "recipe_adapter": "this project's recipe + corpus adapter",
+    "recipe_adapter": "full-dim InfoNCE (this loop) + corpus adapter",
 }
 
 
