@@ -250,3 +250,22 @@ def test_parse_funnel_errors():
     for bad in ("x:10", "32:0", "32:x", "int4@32:10", ""):
         with pytest.raises(MatryoshkaError):
             parse_funnel(bad, 384, 10)
+
+
+def test_single_query_binary_scan_runs_faiss_on_one_thread_and_restores_it(built, monkeypatch):
+    import faiss
+
+    index, _, queries = built
+    seen = []
+    original = faiss.knn_hamming
+    monkeypatch.setattr(
+        faiss, "knn_hamming", lambda *a, **k: seen.append(faiss.omp_get_max_threads()) or original(*a, **k)
+    )
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        index.search(queries[:1], K, funnel="binary@384:50")
+        index.search(queries[:20], K, funnel="binary@384:50")
+        assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)

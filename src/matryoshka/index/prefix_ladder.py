@@ -21,7 +21,7 @@ import numpy as np
 from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.index.funnel import parse_funnel
-from matryoshka.index.search import Stage, StageStats, rerank, top_k
+from matryoshka.index.search import Stage, StageStats, few_threads, rerank, top_k
 
 if TYPE_CHECKING:
     from matryoshka.index.api import MatryoshkaIndex
@@ -107,7 +107,8 @@ class PrefixScan:
             query_codes = np.ascontiguousarray(self.query_codes[:, start // 8 : dim // 8])
             distances = np.empty(self.partial.shape, np.int32)
             pointers = (faiss.swig_ptr(query_codes), faiss.swig_ptr(codes), faiss.swig_ptr(distances))
-            faiss.hammings(*pointers[:2], len(query_codes), len(codes), codes.shape[1], pointers[2])
+            with few_threads(faiss, len(query_codes)):
+                faiss.hammings(*pointers[:2], len(query_codes), len(codes), codes.shape[1], pointers[2])
             self.partial += distances
             scores, read = 1 - self.partial.astype(np.float32) * (2 / dim), codes.nbytes
         else:
