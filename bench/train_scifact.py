@@ -46,7 +46,10 @@ VARIANTS = {
 # InfoNCE at the full dim only (this project's loop), then a linear adapter (train/adapter.py) fitted on
 # the corpus with its sentences as pseudo-queries (no test query or qrel) makes the prefixes nest: the
 # vectors Encoder serves for a model saved with that adapter.
-ADAPTED = {"recipe_adapter": {"dims": (384,), "distill": 0.0}}
+ADAPTED = {
+    "recipe_adapter": {"dims": (384,), "distill": 0.0},
+    "recipe_adapter_identity": {"dims": (384,), "distill": 0.0, "projection_init": "identity"},
+}
 ROWS = ["base", "st_matryoshka", "st_mnrl", "recipe", *ADAPTED, *VARIANTS]
 LABELS = {
     "base": "base MiniLM, raw truncation",
@@ -54,6 +57,7 @@ LABELS = {
     "st_mnrl": "plain MNRL",
     "recipe": "this project's recipe",
     "recipe_adapter": "full-dim InfoNCE (this loop) + corpus adapter",
+    "recipe_adapter_identity": "full-dim InfoNCE, identity-initialised head + corpus adapter",
 }
 
 
