@@ -85,6 +85,7 @@ class Store:
         self.manifest = read_manifest(self.root)
         self.opened: set[str] = set()
         self._maps: dict[str, np.ndarray] = {}
+        self._copies: dict[tuple[int, int], np.ndarray] = {}  # contiguous sign-bit byte ranges, in RAM
         self._db: sqlite3.Connection | None = None
         self._deleted: np.ndarray | None = None
 
@@ -234,19 +235,17 @@ class Store:
         begin, end = start // 8, codes.shape[1] if dim is None else -(-dim // 8)
         if (begin, end) == (0, codes.shape[1]):
             return codes
-        key = f"{name}[{begin}:{end}]"
-        if key not in self._maps:
-            self._maps[key] = np.ascontiguousarray(codes[:, begin:end])
-        return self._maps[key]
+        if (begin, end) not in self._copies:
+            self._copies[begin, end] = np.ascontiguousarray(codes[:, begin:end])
+        return self._copies[begin, end]
 
     def held_bytes(self) -> int:
         """RAM held by in-memory copies (prefix sign codes), not counting the memory-mapped files."""
-        return sum(array.nbytes for key, array in self._maps.items() if "[" in key)
+        return sum(array.nbytes for array in self._copies.values())
 
     def release_copies(self) -> None:
         """Free the in-memory copies (made again on the next search that needs one)."""
-        for key in [key for key in self._maps if "[" in key]:
-            del self._maps[key]
+        self._copies.clear()
 
     def int8_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         ranges = self.manifest["int8_ranges"]
@@ -301,8 +300,13 @@ class Store:
             if crc != recorded["crc32"]:
                 raise MatryoshkaError(f"index {self.root} is damaged: checksum mismatch in {name}")
 
-    def close(self) -> None:
+    def forget_files(self) -> None:
+        """Drop the maps and copies of the data files (after a commit changed them)."""
         self._maps.clear()
+        self._copies.clear()
+
+    def close(self) -> None:
+        self.forget_files()
         if self._db is not None:
             self._db.close()
             self._db = None

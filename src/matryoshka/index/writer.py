@@ -113,7 +113,7 @@ def _deleted_ids(store: Store, ids: list[str]) -> dict[str, int]:
 
 def _reload(store: Store, manifest: dict) -> None:
     store.manifest = manifest
-    store._maps.clear()
+    store.forget_files()
     store._deleted = None
 
 
