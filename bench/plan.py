@@ -28,6 +28,7 @@ import numpy as np
 
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, exact_search
+from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.planned import run_candidate
 from matryoshka.index.planner import GB, PlanError, calibration_sample, choose, measure, pareto_frontier
 from matryoshka.index.prefix_ladder import ladder_over
@@ -162,7 +163,7 @@ def run_set(name: str, corpus: np.ndarray, queries: np.ndarray, lines: list[str]
 
 def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> list[str]:
     """Fixed plan vs the prefix ladder over its first stage, with the margin rule and the predictor."""
-    ladder = ladder_over(fixed.funnel)
+    ladder = ladder_over(parse_funnel(fixed.funnel, index.store.full_dim, K))
     started = time.perf_counter()
     index.train_adaptive(K, queries=log, funnel=ladder)
     train_s = time.perf_counter() - started

@@ -21,7 +21,7 @@ from matryoshka.index.adaptive import (
     fit_rules,
     train_depth_model,
 )
-from matryoshka.index.funnel import parse_funnel, stages_text
+from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.planner import Candidate, Plan, calibration_sample, choose, make_plan
 from matryoshka.index.prefix_ladder import (
     PrefixLadder,
@@ -96,7 +96,8 @@ def train(
     if funnel is None:
         plan = saved_plan(index)
         chosen = plan.chosen.funnel if plan and "," in plan.chosen.funnel else None
-        funnel = ladder_over(chosen or stages_text(index.stages_for(k)))
+        stages = parse_funnel(chosen, store.full_dim, plan.k) if chosen else index.stages_for(k)
+        funnel = ladder_over(stages)
     prefixes = parse_prefix_ladder(funnel, store.full_dim, k)
     if prefixes is not None:
         return _train_prefix_ladder(index, k, queries, funnel, prefixes, target_recall)

@@ -63,18 +63,17 @@ def parse_prefix_ladder(text: str, full_dim: int, k: int) -> PrefixLadder | None
     return PrefixLadder(dims, parse_funnel(longest, full_dim, k))
 
 
-def ladder_over(funnel: str) -> str:
+def ladder_over(stages: list[Stage]) -> str:
     """A funnel's prefix ladder: its first stage tried at 1/8, 1/4 and 1/2 of its prefix first (for
     binary, in whole bytes); the funnel itself when its first stage is int8 or too short to split."""
-    first, _, rest = funnel.partition(",")
-    precision, at, body = first.rpartition("@")
-    dim_text, colon, keep = body.partition(":")
-    if precision not in ("", "binary") or "|" in dim_text:
-        return funnel
-    dim, step = int(dim_text), 8 if precision == "binary" else 1
-    shorter = sorted({dim // part // step * step for part in (8, 4, 2)} - {0, dim})
-    dims = "|".join(str(d) for d in [*shorter, dim])
-    return f"{precision}{at}{dims}{colon}{keep}" + (f",{rest}" if rest else "")
+    first = stages[0]
+    step = 8 if first.precision == "binary" else 1
+    shorter = sorted({first.dim // part // step * step for part in (8, 4, 2)} - {0, first.dim})
+    if first.precision == "int8" or not shorter:
+        return ",".join(str(stage) for stage in stages)
+    prefix = "" if first.precision == "float" else f"{first.precision}@"
+    head = prefix + "|".join(str(d) for d in [*shorter, first.dim]) + f":{first.keep}"
+    return ",".join([head, *(str(stage) for stage in stages[1:])])
 
 
 class PrefixScan:
