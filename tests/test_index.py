@@ -98,6 +98,21 @@ def test_precision_cascade_and_float16_storage(tmp_path, full_vectors):
     np.testing.assert_allclose(full.scores, exact_scores, atol=2e-3)  # float16 storage
 
 
+def test_resident_full_dim_reranks_from_memory_with_the_same_results(tmp_path, full_vectors):
+    index = MatryoshkaIndex.create(tmp_path / "f16", full_dim=384)  # float16 chunks on disk
+    index.add(full_vectors[QUERIES:])
+    queries = full_vectors[:QUERIES]
+    from_chunks = index.search(queries, K, funnel="binary@384:60,128:30")
+    index.load(384)
+    index.load(128)
+    from_memory = index.search(queries, K, funnel="binary@384:60,128:30")
+    np.testing.assert_array_equal(from_memory.rows, from_chunks.rows)
+    np.testing.assert_allclose(from_memory.scores, from_chunks.scores, atol=1e-6)
+    # float32 rows of the resident prefixes, not float16 chunk values, are what the stages read
+    assert [s.bytes_read for s in from_memory.stages[1:]] == [QUERIES * 60 * 128 * 4, QUERIES * 30 * 384 * 4]
+    assert [s.bytes_read for s in from_chunks.stages[1:]] == [QUERIES * 60 * 128 * 2, QUERIES * 30 * 384 * 2]
+
+
 def test_default_funnel_is_calibrated_and_recorded(built):
     index, corpus, queries = built
     stages = index.calibrate()
@@ -142,6 +157,7 @@ def test_reopening_maps_only_the_chunks_a_prefix_needs(built):
     reopened = MatryoshkaIndex.open(root)
     reopened.search(queries, K, dim=64)
     assert reopened.store.opened == {"g0-chunk-0000-0032.float32", "g0-chunk-0032-0064.float32"}
+    reopened = MatryoshkaIndex.open(root)  # nothing resident: re-ranking at 64 reads the mapped chunks
     result = reopened.search(queries, K, funnel=[Stage(32, 50), Stage(64, K)])
     # re-ranking adds only the per-row chunk energies (its prefix norms), no other chunk
     needed = {"g0-chunk-0000-0032.float32", "g0-chunk-0032-0064.float32", "g0-energy.f32"}

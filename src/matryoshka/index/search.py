@@ -218,15 +218,23 @@ def few_threads(faiss, queries: int) -> Iterator[None]:
 
 
 def gathered_scores(
-    store: Store, queries: np.ndarray, candidates: np.ndarray, stage: Stage
+    store: Store,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    stage: Stage,
+    resident: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Float or int8 scores ``(queries, shortlist)`` of each query against its own shortlisted rows
     only (gathers and matrix-vector products, never every query against every shortlisted row),
     divided by the rows' prefix norms from the stored chunk energies; and the bytes read. Pads (-1)
-    gather the last row; the caller masks them."""
+    gather the last row; the caller masks them. ``resident``: the in-memory re-normalised float32
+    prefix at ``stage.dim`` (``MatryoshkaIndex.load``), gathered instead of the float16 chunks."""
     rows = candidates.ravel()
     query_prefix = truncate(queries, stage.dim)
     shape = candidates.shape
+    if resident is not None and stage.precision == "float":
+        gathered = resident.take(rows, axis=0)  # unit-norm already: no chunks, conversions or norms
+        return _row_dots(gathered, query_prefix, shape), gathered.nbytes
     if stage.precision == "int8":  # value = start + step * (code + 128), per coordinate
         _check_codes(store, stage)
         starts, steps = (values[: stage.dim] for values in store.int8_ranges())
@@ -253,13 +261,19 @@ def _row_dots(gathered: np.ndarray, queries: np.ndarray, shape: tuple[int, int])
 
 
 def rerank(
-    store: Store, queries: np.ndarray, candidates: np.ndarray, stage: Stage
+    store: Store,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    stage: Stage,
+    resident: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Later stage: re-score only the shortlisted rows (``-1`` pads), keep the best ``stage.keep``."""
+    """Later stage: re-score only the shortlisted rows (``-1`` pads), keep the best ``stage.keep``;
+    from a resident prefix of ``stage.dim`` when one is held (see :func:`funnel_search`)."""
     if not (candidates >= 0).any():
         return np.full(candidates.shape, -np.inf, np.float32), candidates, 0
     if stage.precision != "binary":
-        scores, read = gathered_scores(store, queries, candidates, stage)
+        held = (resident or {}).get(stage.dim)
+        scores, read = gathered_scores(store, queries, candidates, stage, held)
     else:  # sign codes: score the distinct shortlisted rows once, then pick each query's own
         unique, inverse = np.unique(candidates[candidates >= 0], return_inverse=True)
         positions = np.zeros(candidates.shape, dtype=np.int64)
@@ -291,8 +305,10 @@ def funnel_search(
     numbers, ``-1`` where fewer rows exist) and per-stage stats.
 
     ``resident`` maps a dim to an in-memory float32 ``truncate``d prefix of every row, used by a float
-    first stage instead of the mapped chunks. ``first_candidates`` (e.g. an HNSW graph over a prefix)
-    replaces the first stage's full scan with an approximate shortlist that is then re-scored.
+    stage of that dim instead of the mapped chunks (a first stage scans it, a later one gathers from it:
+    holding the full dim trades its RAM for re-ranking without float16 conversion).
+    ``first_candidates`` (e.g. an HNSW graph over a prefix) replaces the first stage's full scan with an
+    approximate shortlist that is then re-scored.
     """
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     if queries.shape[1] != store.full_dim:
@@ -304,11 +320,11 @@ def funnel_search(
         validate_dim(stage.dim, store.full_dim)
         started = time.perf_counter()
         if position == 0 and first_candidates is not None:
-            scores, rows, read = rerank(store, queries, first_candidates(queries, stage), stage)
+            scores, rows, read = rerank(store, queries, first_candidates(queries, stage), stage, resident)
         elif position == 0:
             dense = (resident or {}).get(stage.dim) if stage.precision == "float" else None
             scores, rows, read = scan(store, queries, stage, dense)
         else:
-            scores, rows, read = rerank(store, queries, rows, stage)
+            scores, rows, read = rerank(store, queries, rows, stage, resident)
         stats.append(StageStats(str(stage), scores.shape[1], time.perf_counter() - started, read))
     return scores, rows, stats
