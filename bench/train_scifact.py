@@ -34,30 +34,23 @@ from train_common import (
 SCRIPT = "train_scifact.py"
 BATCH, LR, EPOCHS = 32, 2e-5, 3
 DEPTH = 10
-RECIPE: dict = {}  # TrainConfig's defaults are the recipe
+RECIPE: dict = {}  # TrainConfig's defaults are the recipe: InfoNCE at the full dim, then the corpus adapter
 VARIANTS = {
+    "recipe_no_adapter": {"adapter": False},
+    "recipe_multi_scale": {"multi_scale": True},
+    "recipe_multi_scale_distill": {"multi_scale": True, "distill": 1.0},
+    "recipe_pca_head": {"projection_init": "pca"},
     "recipe_symmetric": {"symmetric": True},
-    "recipe_progressive": {"schedule": "progressive"},
-    "recipe_sequential": {"schedule": "sequential"},
-    "recipe_full_heavy": {"weights": "full-heavy"},
-    "recipe_no_distill": {"distill": 0.0},
-    "recipe_no_pca_head": {"projection_init": "identity"},
+    "recipe_multi_scale_progressive": {"multi_scale": True, "schedule": "progressive"},
+    "recipe_multi_scale_sequential": {"multi_scale": True, "schedule": "sequential"},
+    "recipe_multi_scale_full_heavy": {"multi_scale": True, "weights": "full-heavy"},
 }
-# InfoNCE at the full dim only (this project's loop), then a linear adapter (train/adapter.py) fitted on
-# the corpus with its sentences as pseudo-queries (no test query or qrel) makes the prefixes nest: the
-# vectors Encoder serves for a model saved with that adapter.
-ADAPTED = {
-    "recipe_adapter": {"dims": (384,), "distill": 0.0},
-    "recipe_adapter_identity": {"dims": (384,), "distill": 0.0, "projection_init": "identity"},
-}
-ROWS = ["base", "st_matryoshka", "st_mnrl", "recipe", *ADAPTED, *VARIANTS]
+ROWS = ["base", "st_matryoshka", "st_mnrl", "recipe", *VARIANTS]
 LABELS = {
     "base": "base MiniLM, raw truncation",
     "st_matryoshka": "ST MatryoshkaLoss(MNRL)",
     "st_mnrl": "plain MNRL",
-    "recipe": "this project's recipe",
-    "recipe_adapter": "full-dim InfoNCE (this loop) + corpus adapter",
-    "recipe_adapter_identity": "full-dim InfoNCE, identity-initialised head + corpus adapter",
+    "recipe": "this project's recipe (full-dim InfoNCE, then a corpus adapter folded in)",
 }
 
 
@@ -70,14 +63,8 @@ def ndcg_per_dim(queries, docs, beir) -> dict[str, float]:
     return scores
 
 
-def evaluate(model, beir, with_pca: bool = False, adapter: bool = False) -> dict:
+def evaluate(model, beir, with_pca: bool = False) -> dict:
     queries, docs = encode(model, beir.query_texts), encode(model, beir.doc_texts)
-    if adapter:
-        from matryoshka.train.adapter import fit_adapter, sentence_queries
-
-        pseudo = encode(model, sentence_queries(beir.doc_texts))
-        fitted = fit_adapter(docs, "linear", list(DIMS), queries=pseudo)
-        queries, docs = fitted.transform(queries), fitted.transform(docs)
     result = {"scores": ndcg_per_dim(queries, docs, beir)}
     if with_pca:
         pca = fit_pca(docs)
@@ -104,11 +91,11 @@ def main() -> None:
 
         return compute
 
-    def recipe(overrides: dict, adapter: bool = False):
+    def recipe(overrides: dict):
         def compute():
             config = recipe_config(str(directory), "beir", args, epochs, BATCH, LR, {**RECIPE, **overrides})
-            model, per_step = train_recipe(config)
-            return {**evaluate(model, beir, adapter=adapter), "seconds_per_step": per_step}
+            model, per_step = train_recipe(config)  # the saved model: the adapter is one of its layers
+            return {**evaluate(model, beir), "seconds_per_step": per_step}
 
         return compute
 
@@ -119,11 +106,10 @@ def main() -> None:
         ),
         "st_mnrl": baseline(lambda m: losses.MultipleNegativesRankingLoss(m)),
         "recipe": recipe({}),
-        **{name: recipe(overrides, adapter=True) for name, overrides in ADAPTED.items()},
         **{name: recipe(overrides) for name, overrides in VARIANTS.items()},
     }
     for row in ROWS:
-        row_settings = {**settings, "row": row, **VARIANTS.get(row, {}), **ADAPTED.get(row, {})}
+        row_settings = {**settings, "row": row, **VARIANTS.get(row, {})}
         if row == "base":
             row_settings = {"row": row}
         if row in args.rows:
@@ -153,7 +139,7 @@ def write(results: dict, args, epochs: float, examples: int, seconds: float) -> 
         rows.append((LABELS.get(row, f"recipe, {row.removeprefix('recipe_')}"), result))
         if "pca_scores" in result:
             rows.append((LABELS[row] + " + PCA (fit on corpus)", {**result, "scores": result["pca_scores"]}))
-    checked = [row for row in ("recipe", *ADAPTED) if row in results]
+    checked = ["recipe"] if "recipe" in results else []
     lines = ["Targets for the recipe (issue #12, full set-up): " + ("" if checked else "no recipe row yet.")]
     for row in checked:
         verdicts = [

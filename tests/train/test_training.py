@@ -50,9 +50,7 @@ def trained(tmp_path_factory):
         logging_steps=4,
     )
     data = load_training_data(config.data).head(200)
-    before_model = MatryoshkaModel(
-        projection_init="pca", pca_texts=data.texts(), max_seq_length=SEQ, device="cpu"
-    )
+    before_model = MatryoshkaModel(max_seq_length=SEQ, device="cpu")
     before = per_dim_loss(config, before_model.st, data)
     report = train(config)
     return out, config, data, before, report
@@ -62,7 +60,10 @@ def test_one_epoch_lowers_the_loss_at_every_dim(trained):
     out, config, data, before, report = trained
     from sentence_transformers import SentenceTransformer
 
-    after = per_dim_loss(config, SentenceTransformer(str(out), device="cpu"), data)
+    saved = SentenceTransformer(str(out), device="cpu")
+    # the fine-tune itself: the saved model without the adapter the recipe folds in after training
+    fine_tuned = SentenceTransformer(modules=list(saved.children())[:-2], device="cpu")
+    after = per_dim_loss(config, fine_tuned, data)
     assert set(before) == set(after) == {f"loss_{d}" for d in DIMS}
     for key in before:
         assert after[key] < before[key], (key, before[key], after[key])
@@ -72,7 +73,7 @@ def test_one_epoch_lowers_the_loss_at_every_dim(trained):
 
 
 def test_saved_model_loads_in_plain_sentence_transformers_with_truncate_dim(trained):
-    out = trained[0]
+    out, data = trained[0], trained[2]
     from sentence_transformers import SentenceTransformer
 
     texts = ["A plane is taking off.", "A man is playing a flute."]
@@ -82,6 +83,9 @@ def test_saved_model_loads_in_plain_sentence_transformers_with_truncate_dim(trai
     np.testing.assert_allclose(short, full[:, :64], atol=1e-5)
     meta = json.loads((out / "matryoshka.json").read_text())
     assert meta["full_dim"] == 384 and meta["supported_dims"] == list(DIMS)
+    # the recipe's adapter, fitted on the 200 pairs' distinct texts, is a layer of the saved model
+    assert meta["adapter"]["kind"] == "linear" and meta["adapter"]["fitted_on"] == len(set(data.texts()))
+    assert type(SentenceTransformer(str(out))[-2]).__name__ == "Dense"
     assert meta["seed"] == 12 and meta["loss"]["base"] == "cosent" and meta["recipe"]["schedule"] == "all"
     assert meta["data"]["examples"] == 200
 

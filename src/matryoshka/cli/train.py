@@ -28,15 +28,23 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the trained model and its report."),
     format: str | None = typer.Option(None, "--format", help="stsb, pairs or beir (default: detected)."),
     loss: str | None = typer.Option(None, "--loss", help="infonce or cosent (default: from the data)."),
-    dims: str = typer.Option("384,256,128,64,32,16,8", "--dims", help="Prefix dims to train."),
+    dims: str = typer.Option("384,256,128,64,32,16,8", "--dims", help="Prefix dims the model serves."),
+    multi_scale: bool | None = typer.Option(
+        None,
+        "--multi-scale/--full-dim-only",
+        help="Loss on every dim, or on the full dim only (default: every dim for cosent, full for infonce).",
+    ),
+    adapter: bool = typer.Option(
+        True, "--adapter/--no-adapter", help="Fit a linear adapter on the training texts, fold it in."
+    ),
     weights: str = typer.Option(
         "uniform", "--weights", help="uniform, decreasing, importance, full-heavy or a list."
     ),
     schedule: str = typer.Option("all", "--schedule", help="all, progressive or sequential."),
-    distill: float = typer.Option(1.0, "--distill", min=0, help="Self-distillation weight (0: off)."),
+    distill: float = typer.Option(0.0, "--distill", min=0, help="Self-distillation weight (0: off)."),
     projection: int | None = typer.Option(None, "--projection", help="Output size of a linear head."),
     projection_init: str = typer.Option(
-        "pca", "--projection-init", help="pca, or identity (no head unless --projection)."
+        "identity", "--projection-init", help="identity (no head unless --projection), or pca."
     ),
     model: str | None = typer.Option(None, "--model", "-m", help="Base model name or directory."),
     epochs: float = typer.Option(1.0, "--epochs"),
@@ -62,6 +70,8 @@ def train(
         format=format,
         loss=loss,
         dims=tuple(parse_dims(dims)),
+        multi_scale=multi_scale,
+        adapter=adapter,
         weights=parse_weights(weights),
         schedule=schedule,
         distill=distill,

@@ -33,6 +33,7 @@ class TrainingData:
     kind: str  # "scored" or "pairs"
     source: str
     info: dict = field(default_factory=dict)
+    corpus: list[str] | None = None  # a BEIR corpus: every document, relevant to a training query or not
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
@@ -46,7 +47,7 @@ class TrainingData:
         if not limit or limit >= len(self):
             return self
         columns = {name: values[:limit] for name, values in self.columns.items()}
-        return TrainingData(columns, self.kind, self.source, {**self.info, "limit": limit})
+        return TrainingData(columns, self.kind, self.source, {**self.info, "limit": limit}, self.corpus)
 
     def to_dataset(self):
         from datasets import Dataset
@@ -171,7 +172,8 @@ def read_beir_pairs(directory: Path, split: str = "train") -> TrainingData:
                 positives.append(texts[doc_id])
     if not anchors:
         raise MatryoshkaError(f"{directory}: no (query, relevant document) pairs in the {split} qrels")
-    return TrainingData({"anchor": anchors, "positive": positives}, "pairs", str(directory), {"split": split})
+    columns = {"anchor": anchors, "positive": positives}
+    return TrainingData(columns, "pairs", str(directory), {"split": split}, list(beir.doc_texts))
 
 
 def _beir_with_queries(directory: Path, split: str):

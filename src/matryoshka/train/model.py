@@ -99,10 +99,7 @@ class MatryoshkaModel:
         )
         # The head goes after the base model's output (normalised where the base normalises), so it sees
         # exactly the vectors the PCA was fitted on; a Normalize after it makes every output unit-norm.
-        modules = [*st._modules.values(), dense.to(st.device), Normalize()]
-        st._modules.clear()
-        for index, module in enumerate(modules):
-            st._modules[str(index)] = module
+        st.append(dense.to(st.device)).append(Normalize())
 
     def save(self, path: str | os.PathLike, metadata: dict) -> Path:
         """Write the sentence-transformers directory and ``matryoshka.json`` (dims and recipe)."""
