@@ -142,7 +142,7 @@ def run_set(
         shown = list(dict.fromkeys([*good[:2], *good_float[:1], best_recall]))
         # the two cheapest funnels twice: re-ranking from the float16 chunk files (a few MB of RAM), and
         # from a resident float32 full dim (the RAM the faiss two-stage peers hold for re-ranking)
-        runs = [(text, False) for text in shown] + [(text, True) for text in good[:2] if text in shown]
+        runs = [(text, False) for text in shown] + [(text, True) for text in good[:2]]
         for text, full_resident in runs:
             stages = parse_funnel(text, dim, K)
             first = stages[0]
