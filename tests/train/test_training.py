@@ -86,6 +86,9 @@ def test_saved_model_loads_in_plain_sentence_transformers_with_truncate_dim(trai
     # the recipe's adapter, fitted on the 200 pairs' distinct texts, is a layer of the saved model
     assert meta["adapter"]["kind"] == "linear" and meta["adapter"]["fitted_on"] == len(set(data.texts()))
     assert type(SentenceTransformer(str(out))[-2]).__name__ == "Dense"
+    for backend in ("torch", "onnx"):  # the ONNX export holds the folded layer too
+        served = Encoder(model=str(out), device="cpu", backend=backend).encode(texts)
+        np.testing.assert_allclose(served, full, atol=1e-5)
     assert meta["seed"] == 12 and meta["loss"]["base"] == "cosent" and meta["recipe"]["schedule"] == "all"
     assert meta["data"]["examples"] == 200
 
