@@ -33,14 +33,14 @@ from train_common import (
 
 SCRIPT = "train_stsb.py"
 BATCH, LR, EPOCHS = 16, 2e-5, 4
-RECIPE: dict = {}  # TrainConfig's defaults are the recipe: CoSENT on every dim, then the adapter
+RECIPE: dict = {}  # TrainConfig's defaults are the recipe: CoSENT on every dim (sequential), then the adapter
 VARIANTS = {
     "recipe_no_adapter": {"adapter": False},
     "recipe_full_dim_only": {"multi_scale": False},
     "recipe_distill": {"distill": 1.0},
     "recipe_pca_head": {"projection_init": "pca"},
+    "recipe_all": {"schedule": "all"},
     "recipe_progressive": {"schedule": "progressive"},
-    "recipe_sequential": {"schedule": "sequential"},
     "recipe_decreasing": {"weights": "decreasing"},
     "recipe_importance": {"weights": "importance"},
     "recipe_full_heavy": {"weights": "full-heavy"},
@@ -51,7 +51,7 @@ LABELS = {
     "base": "(a) base MiniLM, raw truncation",
     "st_matryoshka": "(c) ST MatryoshkaLoss(CoSENTLoss)",
     "st_cosent": "(d) plain CoSENTLoss",
-    "recipe": "(e) this project's recipe (CoSENT on every dim, then a train-sentence adapter folded in)",
+    "recipe": "(e) this project's recipe (CoSENT on every dim, sequential, then the adapter folded in)",
 }
 
 

@@ -40,7 +40,7 @@ def train(
     weights: str = typer.Option(
         "uniform", "--weights", help="uniform, decreasing, importance, full-heavy or a list."
     ),
-    schedule: str = typer.Option("all", "--schedule", help="all, progressive or sequential."),
+    schedule: str = typer.Option("sequential", "--schedule", help="sequential, all or progressive."),
     distill: float = typer.Option(0.0, "--distill", min=0, help="Self-distillation weight (0: off)."),
     projection: int | None = typer.Option(None, "--projection", help="Output size of a linear head."),
     projection_init: str = typer.Option(
