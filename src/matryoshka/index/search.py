@@ -189,9 +189,11 @@ def hamming_scan(store: Store, queries: np.ndarray, stage: Stage) -> tuple[np.nd
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), 0
     # the sign of a prefix coordinate does not depend on re-normalisation, so no truncate() here
     query_codes = np.packbits(queries[:, : stage.dim] > 0, axis=1)
-    # "mc" (counting) measured 250 us against the heap's 302 us for k=300 over 100k 384-bit codes
+    # k=300 over 100k 384-bit codes, us per query: the counting "mc" 265 against the heap's 330 one
+    # query at a time, the heap 299 against 374 in batches of 64 (275 against 311 in batches of 32)
+    variant = "hc" if len(query_codes) >= 64 else "mc"
     with few_threads(faiss, len(query_codes)):
-        distances, rows = faiss.knn_hamming(query_codes, codes, keep, variant="mc")
+        distances, rows = faiss.knn_hamming(query_codes, codes, keep, variant=variant)
     scores = 1 - distances.astype(np.float32) * (2 / stage.dim)
     if len(deleted):
         scores[np.isin(rows, deleted)] = -np.inf
@@ -233,8 +235,7 @@ def gathered_scores(
     query_prefix = truncate(queries, stage.dim)
     shape = candidates.shape
     if resident is not None and stage.precision == "float":
-        gathered = resident.take(rows, axis=0)  # unit-norm already: no chunks, conversions or norms
-        return _row_dots(gathered, query_prefix, shape), gathered.nbytes
+        return _resident_dots(resident, query_prefix, candidates), candidates.size * resident.shape[1] * 4
     if stage.precision == "int8":  # value = start + step * (code + 128), per coordinate
         _check_codes(store, stage)
         starts, steps = (values[: stage.dim] for values in store.int8_ranges())
@@ -251,6 +252,28 @@ def gathered_scores(
             start += used
             read += part.size * chunk.itemsize
     return dots / _prefix_norms(store, rows, stage.dim).reshape(shape), read
+
+
+def _resident_dots(resident: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Each query's dot with its own candidate rows of the unit-norm ``resident`` prefix, read in place
+    by faiss (no gathered copy: 20 against 47 us per query for 300 rows of 384 dims, batches of 64).
+    Pads (-1) read row 0; the caller masks them."""
+    import faiss
+
+    resident = np.ascontiguousarray(resident, dtype=np.float32)  # load_prefix's arrays already are
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    ids = np.ascontiguousarray(np.maximum(candidates, 0), dtype=np.int64)
+    dots = np.empty(ids.shape, np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(dots),
+        faiss.swig_ptr(queries),
+        faiss.swig_ptr(resident),
+        faiss.swig_ptr(ids),
+        resident.shape[1],
+        len(queries),
+        ids.shape[1],
+    )
+    return dots
 
 
 def _row_dots(gathered: np.ndarray, queries: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
