@@ -20,6 +20,7 @@ import numpy as np
 from matryoshka.errors import MatryoshkaError
 from matryoshka.train.adapter import Adapter, fit_adapter, sentence_queries
 from matryoshka.train.data import TrainingData
+from matryoshka.train.model import append_linear
 
 
 def fit_on_training_texts(st, data: TrainingData, dims: Sequence[int], threads: int = 1) -> Adapter:
@@ -44,16 +45,7 @@ def fold_adapter(st, adapter: Adapter) -> None:
     """Append ``x -> x @ adapter.weight`` and a normalisation to the model's modules (after its own
     output, normalised where the model normalises: the vectors the adapter was fitted on)."""
     import torch
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
     if adapter.kind != "linear" or adapter.mlp is not None or np.any(adapter.mean):
         raise MatryoshkaError(f"only an uncentred linear adapter folds into a model, not {adapter.kind!r}")
-    dim = adapter.input_dim
-    dense = Dense(
-        dim,
-        dim,
-        bias=False,
-        activation_function=torch.nn.Identity(),
-        init_weight=torch.from_numpy(np.ascontiguousarray(adapter.weight.T)),
-    )
-    st.append(dense.to(st.device)).append(Normalize())
+    append_linear(st, torch.from_numpy(np.ascontiguousarray(adapter.weight.T)))

@@ -71,7 +71,6 @@ class MatryoshkaModel:
     def _add_projection(self, st, out_dim: int, init: str, pca_texts, seed: int) -> None:
         """Append a linear Dense layer and a normalisation to the base model's modules."""
         import torch
-        from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
         hidden = int(st.get_embedding_dimension())
         generator = torch.Generator().manual_seed(seed)
@@ -89,21 +88,31 @@ class MatryoshkaModel:
         else:
             rows = min(out_dim, hidden)
             weight[:rows, :rows] = torch.eye(rows)
-        dense = Dense(
-            hidden,
-            out_dim,
-            bias=True,
-            activation_function=torch.nn.Identity(),
-            init_weight=weight,
-            init_bias=bias,
-        )
         # The head goes after the base model's output (normalised where the base normalises), so it sees
-        # exactly the vectors the PCA was fitted on; a Normalize after it makes every output unit-norm.
-        st.append(dense.to(st.device)).append(Normalize())
+        # exactly the vectors the PCA was fitted on.
+        append_linear(st, weight, bias)
 
     def save(self, path: str | os.PathLike, metadata: dict) -> Path:
         """Write the sentence-transformers directory and ``matryoshka.json`` (dims and recipe)."""
         return save_trained(self.st, path, metadata)
+
+
+def append_linear(st: SentenceTransformer, weight, bias=None) -> None:
+    """Append ``x -> x @ weight.T (+ bias)`` (torch tensors, ``weight`` shaped out x in) and a Normalize
+    to the model's modules, so every output is unit-norm again."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    out_dim, in_dim = weight.shape
+    dense = Dense(
+        in_dim,
+        out_dim,
+        bias=bias is not None,
+        activation_function=torch.nn.Identity(),
+        init_weight=weight,
+        init_bias=bias,
+    )
+    st.append(dense.to(st.device)).append(Normalize())
 
 
 def save_trained(st: SentenceTransformer, path: str | os.PathLike, metadata: dict) -> Path:
