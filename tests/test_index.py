@@ -139,11 +139,14 @@ def test_delete_and_compact(built):
     index, corpus, queries = built
     top = index.search(queries[:1], K, dim=384).ids[0]
     assert index.delete([top[0], "nope"]) == ["nope"]
+    unread = index.search(queries[:1], K, dim=384)  # ids and texts are looked up when first read
     after = index.search(queries[:1], K, dim=384).ids[0]
     assert top[0] not in after and after[: K - 1] == top[1:]
     assert index.info()["deleted"] == 1
     old_files = set(os.listdir(index.store.root))
     assert index.compact() == len(corpus) - 1
+    with pytest.raises(MatryoshkaError, match="compacted since this search"):
+        unread.texts  # noqa: B018 - its row numbers point into the old generation
     reopened = MatryoshkaIndex.open(index.store.root)
     assert reopened.search(queries[:1], K, dim=384).ids[0] == after
     assert reopened.info()["rows"] == len(corpus) - 1 and reopened.info()["deleted"] == 0
@@ -282,6 +285,6 @@ def test_single_query_binary_scan_runs_faiss_on_one_thread_and_restores_it(built
     try:
         index.search(queries[:1], K, funnel="binary@384:50")
         index.search(queries[:20], K, funnel="binary@384:50")
-        assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
+        assert seen == [1, 2, 2, 2] and faiss.omp_get_max_threads() == 2  # 20 queries: blocks of 8
     finally:
         faiss.omp_set_num_threads(before)

@@ -426,11 +426,14 @@ class MilvusIndex:
         for i, query_scores in enumerate(scores):
             score_matrix[i, : len(ids[i])] = query_scores[: len(ids[i])]
             rows[i, : len(ids[i])] = np.arange(len(ids[i]))
-        wanted = sorted({key for query_ids in ids for key in query_ids})
-        found = self.client.get(self.collection, ids=wanted, output_fields=["text"]) if wanted else []
-        text = {row["id"]: row.get("text") for row in found}
-        texts = [[text.get(key) for key in query_ids] for query_ids in ids]
-        return SearchResult(ids, score_matrix, texts, rows, stats, stages_text(stages))
+
+        def records() -> tuple[list[list[str]], list[list[str | None]]]:
+            wanted = sorted({key for query_ids in ids for key in query_ids})
+            found = self.client.get(self.collection, ids=wanted, output_fields=["text"]) if wanted else []
+            text = {row["id"]: row.get("text") for row in found}
+            return ids, [[text.get(key) for key in query_ids] for query_ids in ids]
+
+        return SearchResult(score_matrix, rows, records, stats, stages_text(stages))
 
     def info(self) -> dict:
         """Model, dims, index type, row count, and where the collection lives."""

@@ -88,10 +88,15 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
         values, columns = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
         return values.numpy(), columns.numpy()
-    columns = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores)
-    order = np.argsort(-np.take_along_axis(scores, columns, 1), axis=1, kind="stable")
-    columns = np.take_along_axis(columns, order, 1)
-    return np.take_along_axis(scores, columns, 1), columns
+    if scores.shape[1] > k:
+        columns = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        columns = np.broadcast_to(np.arange(k), scores.shape)
+    # broadcast row indexing, not take_along_axis: 6.7 against 12.0 us for 10 of 300 scores
+    lines = np.arange(len(scores))[:, None]
+    picked = scores[lines, columns]
+    order = np.argsort(-picked, axis=1, kind="stable")
+    return picked[lines, order], columns[lines, order]
 
 
 def similarities(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -189,11 +194,15 @@ def hamming_scan(store: Store, queries: np.ndarray, stage: Stage) -> tuple[np.nd
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), 0
     # the sign of a prefix coordinate does not depend on re-normalisation, so no truncate() here
     query_codes = np.packbits(queries[:, : stage.dim] > 0, axis=1)
-    # k=300 over 100k 384-bit codes, us per query: the counting "mc" 265 against the heap's 330 one
-    # query at a time, the heap 299 against 374 in batches of 64 (275 against 311 in batches of 32)
-    variant = "hc" if len(query_codes) >= 64 else "mc"
+    # The counting "mc" kernel in blocks of 8 queries. k=300 over 100k 384-bit codes, us per query in
+    # batches of 64: 244 against the heap "hc" 281 over the whole batch and "mc" 341 (126 against 149
+    # on two threads); one query at a time, 244 against 296.
     with few_threads(faiss, len(query_codes)):
-        distances, rows = faiss.knn_hamming(query_codes, codes, keep, variant=variant)
+        found = [
+            faiss.knn_hamming(query_codes[start : start + 8], codes, keep, variant="mc")
+            for start in range(0, len(query_codes), 8)
+        ]
+    distances, rows = (np.concatenate(parts) for parts in zip(*found, strict=True))
     scores = 1 - distances.astype(np.float32) * (2 / stage.dim)
     if len(deleted):
         scores[np.isin(rows, deleted)] = -np.inf
@@ -303,9 +312,12 @@ def rerank(
         positions[candidates >= 0] = inverse
         all_scores, read = score_rows(store, queries, unique, stage)  # (queries, unique rows)
         scores = np.take_along_axis(all_scores, positions, 1)
-    scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
+    scores = scores.astype(np.float32, copy=False)
+    scores[candidates < 0] = -np.inf
     best, columns = top_k(scores, stage.keep)
-    return best, np.where(np.isfinite(best), np.take_along_axis(candidates, columns, 1), -1), read
+    rows = candidates[np.arange(len(candidates))[:, None], columns]
+    rows[~np.isfinite(best)] = -1
+    return best, rows, read
 
 
 def load_prefix(store: Store, dim: int) -> np.ndarray:

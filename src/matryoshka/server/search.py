@@ -73,12 +73,12 @@ class IndexService:
 
     def _search(self, vector: np.ndarray, k: int, dim: int | None, funnel: str | None, budget: dict | None):
         if budget:
-            result = self.index.search(vector[None, :], k, **budget)
+            result = self.index.search(vector[None, :], k, **budget).fetched()
             return result, parse_funnel(result.funnel, self.index.store.full_dim, k)
         if dim is None and funnel is None:
             funnel = self.default_funnel
         stages = self.index.stages_for(k, dim=dim, funnel=funnel)
-        return self.index.search(vector[None, :], k, funnel=stages), stages
+        return self.index.search(vector[None, :], k, funnel=stages).fetched(), stages
 
     def close(self) -> None:
         self._thread.submit(self.index.close).result()
