@@ -19,6 +19,7 @@ import numpy as np
 from matryoshka.errors import DimensionError, MatryoshkaError
 from matryoshka.index import writer
 from matryoshka.index.funnel import calibrate_funnel, parse_funnel, precision_cascade, stages_text
+from matryoshka.index.rotation import check_rotation, load_rotation, save_rotation
 from matryoshka.index.search import Stage, StageStats, funnel_search, load_prefix
 from matryoshka.index.store import DEFAULT_BOUNDARIES, Store, write_manifest
 
@@ -76,6 +77,7 @@ class MatryoshkaIndex:
         self.resident: dict[int, np.ndarray] = {}
         self._encoder: Encoder | None = None
         self._graphs: dict[int, object] = {}
+        self._rotation: np.ndarray | None = None
         self.stage_seconds: dict[str, float] = {}  # latency-budget mode's running stage timings
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -91,13 +93,18 @@ class MatryoshkaIndex:
         binary_dim: int | None = None,
         vectors_from: str | None = None,
         backend: str = "local",
+        rotation: np.ndarray | None = None,
         **milvus_options: object,
     ) -> MatryoshkaIndex:
         """A new empty index for ``model``'s vectors (or bare ``full_dim`` vectors with no model).
 
+        ``rotation``: an orthogonal matrix applied to every vector and query (``rotation.fit_rotation``
+        makes one from sample vectors), so vectors that do not nest get prefixes that do.
         ``backend="milvus"`` makes a :class:`~matryoshka.index.milvus.MilvusIndex` at ``path`` (a Milvus
         Lite ``.db`` file or ``http://host:19530``); ``milvus_options`` go to its ``create``."""
         if backend != "local":
+            if rotation is not None:
+                raise MatryoshkaError("rotation is a local index option: Milvus stores vectors as given")
             return _milvus(backend).create(path, model, full_dim, **milvus_options)  # type: ignore[return-value]
         source: dict = {"kind": "vectors" if vectors_from else "model", "path": vectors_from}
         if model is not None:
@@ -110,8 +117,11 @@ class MatryoshkaIndex:
             full_dim = encoder.full_dim
         elif full_dim is None:
             raise MatryoshkaError("an index needs a model or the full dim of its vectors")
-        store = Store.create(path, full_dim, tuple(chunks), dtype, int8_dim, binary_dim, source)
-        return cls(store)
+        matrix = None if rotation is None else check_rotation(rotation, full_dim)
+        index = cls(Store.create(path, full_dim, tuple(chunks), dtype, int8_dim, binary_dim, source))
+        if matrix is not None:
+            index._update_manifest(rotation=save_rotation(index.store.root, matrix))
+        return index
 
     @classmethod
     def open(
@@ -146,7 +156,7 @@ class MatryoshkaIndex:
             if texts is None:
                 raise MatryoshkaError("add needs vectors or texts")
             vectors = self.encoder.encode_full(list(texts))
-        rows = writer.append(self.store, vectors, ids, texts, metadata)
+        rows = writer.append(self.store, self.rotated(vectors), ids, texts, metadata)
         self._forget_memory()
         return rows
 
@@ -185,6 +195,7 @@ class MatryoshkaIndex:
         does not hold leave RAM."""
         from matryoshka.index.planned import new_plan
 
+        queries = None if queries is None else self.rotated(queries)
         plan = new_plan(self, k, memory_gb, latency_ms, recall, queries, sample)
         for dim in set(self.resident) - set(plan.chosen.resident):
             del self.resident[dim]
@@ -210,7 +221,7 @@ class MatryoshkaIndex:
         """Fit per-query depth (margin rule and predictor) on held-out queries; saved with the index."""
         from matryoshka.index.planned import train
 
-        model, _ = train(self, k, queries, funnel, target_recall)
+        model, _ = train(self, k, None if queries is None else self.rotated(queries), funnel, target_recall)
         self._update_manifest(adaptive=model.record(model.save(self.store.root)))
         return model
 
@@ -306,7 +317,18 @@ class MatryoshkaIndex:
         return self._result(scores, rows, stats, stages)
 
     def _query_vectors(self, queries: str | Sequence[str] | np.ndarray) -> np.ndarray:
-        return query_vectors(queries, self.store.full_dim, lambda: self.encoder)
+        return self.rotated(query_vectors(queries, self.store.full_dim, lambda: self.encoder))
+
+    def rotated(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors as the index stores them: through its rotation, if it has one (other shapes pass
+        through unchanged, for the caller's own dimension check)."""
+        record = self.store.manifest.get("rotation")
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if record is None or vectors.ndim != 2 or vectors.shape[1] != self.store.full_dim:
+            return vectors
+        if self._rotation is None:
+            self._rotation = load_rotation(self.store.root, record, self.store.full_dim)
+        return vectors @ self._rotation
 
     def _result(
         self, scores: np.ndarray, rows: np.ndarray, stats: list[StageStats], stages: list[Stage]
@@ -364,6 +386,7 @@ class MatryoshkaIndex:
             "format_version",
         )
         return {key: manifest.get(key) for key in keys} | {
+            "rotated": "rotation" in manifest,
             "live": manifest["rows"] - deleted,
             "deleted": deleted,
         }
