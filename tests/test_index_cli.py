@@ -92,3 +92,16 @@ def test_cli_errors_on_bad_inputs(tmp_path, vector_files):
     assert mismatch.exit_code == 2 and "has 100 rows but" in mismatch.output
     neither = invoke("index", "build", "-o", root / "y")
     assert neither.exit_code == 2 and "give a corpus" in neither.output
+
+
+def test_rotated_build_answers_text_queries(vector_files, sentences):
+    root, out = vector_files, vector_files / "r"
+    args = ["index", "build", "--vectors", root / "v.npy", "--texts", root / "t.jsonl", "-m", "minilm"]
+    built = invoke(*args, "--rotate", "-o", out)
+    assert built.exit_code == 0, built.output
+    assert json.loads(invoke("index", "info", out).output)["rotated"]
+    result = invoke("search", out, sentences[3], "-k", "1", "--dim", "32", "--json")
+    found = json.loads(result.output)["results"][0]
+    assert found["id"] == "d3" and found["score"] == pytest.approx(1, abs=1e-3)  # the query is rotated too
+    unrotatable = invoke("index", "build", root / "t.jsonl", "--rotate", "-o", root / "u")
+    assert unrotatable.exit_code == 2 and "--rotate is fitted on --vectors" in unrotatable.output

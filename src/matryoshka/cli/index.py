@@ -77,9 +77,13 @@ def build(
     token: str | None = TOKEN,
     prefix_dim: int = typer.Option(64, "--prefix-dim", help="Milvus: dim of the first-pass field."),
     index_type: str = typer.Option("FLAT", "--index-type", help="Milvus: FLAT, HNSW or IVF_FLAT."),
+    rotate: bool = typer.Option(
+        False, "--rotate", help="Rotate --vectors that do not nest (fitted on a sample of them)."
+    ),
 ) -> None:
     """Build an index from texts (encoded with --model) or from precomputed --vectors with --texts."""
     from matryoshka.index import MatryoshkaIndex
+    from matryoshka.index.rotation import fit_rotation
 
     if (corpus is None) == (vectors is None):
         raise MatryoshkaError("give a corpus to encode, or --vectors with --texts")
@@ -91,7 +95,11 @@ def build(
     ids, text_list = read_corpus(corpus or texts, field)
     if array is not None and len(array) != len(ids):
         raise MatryoshkaError(f"{vectors} has {len(array)} rows but {texts} has {len(ids)} texts")
+    if rotate and array is None:
+        raise MatryoshkaError("--rotate is fitted on --vectors: encode the corpus to a .npy first")
     if _milvus.check_backend(backend, uri):
+        if rotate:
+            raise MatryoshkaError("--rotate is a local index option: Milvus stores vectors as given")
         args = (uri, collection, token, model, ids, text_list, array, prefix_dim, index_type, BATCH_TEXTS)
         return _milvus.build(*args)
     if out is None:
@@ -106,7 +114,10 @@ def build(
             model = DEFAULT_MODEL
         full_dim = None if array is None else array.shape[1]
         source = str(vectors) if vectors is not None else None
-        index = MatryoshkaIndex.create(out, model, full_dim, parse_dims(chunks), dtype, vectors_from=source)
+        rotation = None if not rotate else fit_rotation(np.asarray(array, dtype=np.float32))
+        index = MatryoshkaIndex.create(
+            out, model, full_dim, parse_dims(chunks), dtype, vectors_from=source, rotation=rotation
+        )
     add_in_batches(index, ids, text_list, array)
     funnel = index.calibrate()
     typer.echo(f"indexed {index.store.rows} rows -> {out}; default funnel {funnel_text(funnel)}", err=True)
