@@ -6,9 +6,11 @@ for each budget point from that measurement, then run each chosen plan on the *o
 queries (never seen by the planner) and report predicted beside measured recall@10 and median
 single-query latency. Latency is measured on the same search path the planner times (funnel stages,
 no id/text lookup). Adaptive depth is trained on the log and compared with the fixed plan at the
-0.95 recall point: bytes read per query, QPS (one query at a time) and recall.
+0.95 recall point: bytes read per query, QPS (one query at a time) and recall. "real-rotated" is the
+real set through the rotation an index built with `--rotate` stores (`index/rotation.py`).
 
-    PYTHONPATH=src:bench python bench/plan.py [--sets real,synthetic] [--real-rows N] [--synthetic-rows N]
+    PYTHONPATH=src:bench python bench/plan.py [--sets real,real-rotated,synthetic]
+        [--real-rows N] [--synthetic-rows N]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.planned import run_candidate
 from matryoshka.index.planner import GB, PlanError, calibration_sample, choose, measure, pareto_frontier
 from matryoshka.index.prefix_ladder import ladder_over
+from matryoshka.index.rotation import fit_rotation
 from report import hardware, markdown_table, write_section
 from search_data import synthetic_vectors
 
@@ -172,6 +175,7 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
         ("fixed plan", {"funnel": fixed.funnel}),
         ("adaptive: margin rule", {"adaptive": "margin"}),
         ("adaptive: learned predictor", {"adaptive": "predictor"}),
+        ("adaptive: rank rule", {"adaptive": "rank"}),
     ):
         read, stops, found = [], [], []
         for query in held_out:
@@ -216,18 +220,22 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sets", default="real,synthetic")
+    parser.add_argument("--sets", default="real,real-rotated,synthetic")
     parser.add_argument("--real-rows", type=int, default=100_000)
     parser.add_argument("--synthetic-rows", type=int, default=200_000)
     args = parser.parse_args()
     started = time.perf_counter()
     lines: list[str] = []
     for name in args.sets.split(","):
-        if name == "real":
+        if name.startswith("real"):
             from search import cached_real
 
             corpus, queries = cached_real(args.real_rows)
-            run_set("real MiniLM", corpus, queries, lines)
+            label = "real MiniLM"
+            if name == "real-rotated":  # what MatryoshkaIndex.create(rotation=fit_rotation(...)) stores
+                rotation = fit_rotation(corpus)
+                corpus, queries, label = corpus @ rotation, queries @ rotation, label + ", rotated index"
+            run_set(label, corpus, queries, lines)
         else:
             corpus, queries = synthetic_vectors(args.synthetic_rows, 1000)
             label = "synthetic" + (" (reduced from 1M)" if args.synthetic_rows < 1_000_000 else "")

@@ -209,10 +209,12 @@ def test_adaptive_prefix_ladder_stops_early_at_the_trained_recall(planned, data)
     full_depth = index.search(held_out, K, funnel="128:100,384:10")
     index.train_adaptive(K, queries=log, funnel=ladder)
     _, exact = exact_search(held_out, corpus, K)
-    for rule in ("margin", "predictor"):
+    for rule in ("margin", "predictor", "rank"):
         result = index.search(held_out, K, adaptive=rule)
         assert set(result.answered) <= {"16:800", "32:400", "128:100"}  # shorter prefix, wider shortlist
-        assert result.answered.count("16:800") > len(held_out) // 4  # most of this data is easy
+        assert result.answered.count("128:100") < len(held_out) // 4  # most of this data is easy
+        if rule != "rank":  # which stops first; the rank rule checks where re-ranking costs least
+            assert result.answered.count("16:800") > len(held_out) // 4
         assert recall_at_k(result.rows, exact) >= recall_at_k(full_depth.rows, exact) - 0.02
     with pytest.raises(MatryoshkaError, match="the dims must increase"):
         index.train_adaptive(K, funnel="32|16:100")
@@ -227,3 +229,20 @@ def test_without_a_recall_target_near_equal_recall_goes_to_the_fastest():
     assert choose([full_scan, binary, coarse], memory_gb=0.0) is binary
     assert choose([full_scan, binary, coarse], latency_ms=0.3) is coarse
     assert choose([full_scan, binary, coarse], recall=0.999) is full_scan
+
+
+def test_rank_rule_positions_and_limits():
+    from matryoshka.index.rank_rule import fit_rank_limits, ladder_cost, worst_positions
+
+    shortlist = np.array([[5, 6, 7, 8], [1, 2, 3, 4]])
+    final = np.array([[6, 5], [4, -1]])  # the second query's answer came from its shortlist's tail
+    np.testing.assert_array_equal(worst_positions(shortlist, final, 2), [0.25, 0.75])
+    worst = np.array([[0.1, 0.9, 0.2], [0.0, 0.0, 0.0]])  # (rungs, queries); the last rung never checks
+    hits = np.array([[1.0, 0.5, 1.0], [1.0, 1.0, 1.0]])
+    scan, check = np.array([10.0, 20.0]), np.array([3.0, 1.0])
+    depth, read = ladder_cost((0.2,), worst, scan, check)
+    np.testing.assert_array_equal(depth, [0, 1, 0])
+    np.testing.assert_array_equal(read, [13, 24, 13])
+    limits, cost = fit_rank_limits(worst, hits, scan, check, target=1.0)
+    assert limits == [pytest.approx(0.2)] and cost == pytest.approx(50 / 3)  # stopping the 0.9 loses recall
+    assert fit_rank_limits(worst, hits, scan, check * 10, target=1.0)[0] == [None]  # checking costs more

@@ -33,12 +33,16 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray, k: int | None = None) -> f
 
     Both are ``(queries, >= k)`` id arrays (as the ``I`` of a search); ``k`` defaults to ``exact``'s width.
     """
+    return float(np.mean(recall_per_query(found, exact, k)))
+
+
+def recall_per_query(found: np.ndarray, exact: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Each query's fraction of its exact top-k ids that ``found`` returns (see :func:`recall_at_k`)."""
     found, exact = np.atleast_2d(found), np.atleast_2d(exact)
     k = exact.shape[1] if k is None else k
     if len(found) != len(exact):
         raise ValueError(f"found has {len(found)} queries, exact has {len(exact)}")
-    hits = [len(np.intersect1d(f[:k], e[:k])) for f, e in zip(found, exact, strict=True)]
-    return float(np.mean(hits) / k)
+    return np.array([len(np.intersect1d(f[:k], e[:k])) for f, e in zip(found, exact, strict=True)]) / k
 
 
 def run_from_search(

@@ -116,6 +116,7 @@ class DepthModel:
     classes: np.ndarray | None = None
     confidence: float = 1.0
     margin_column: int = 1  # which of ``margins`` the rule reads: the k-th vs (k+1)-th gap by default
+    rank_limits: list[float | None] | None = None  # the rank rule's, for a prefix ladder (rank_rule.py)
 
     def margin_rule(self, queries: np.ndarray, scores: np.ndarray, position: int) -> np.ndarray:
         return margins(scores, self.k)[:, self.margin_column] >= self.margin
@@ -157,6 +158,7 @@ class DepthModel:
     def load(cls, root: Path, record: dict) -> DepthModel:
         model = cls(record["funnel"], record["k"], record["margin"], confidence=record["confidence"])
         model.margin_column = record.get("margin_column", 1)
+        model.rank_limits = record.get("rank_limits")
         path = root / record["predictor"]
         if not path.exists():
             raise MatryoshkaError(f"index {root} is damaged: missing {path.name}")
@@ -171,6 +173,7 @@ class DepthModel:
             "margin": self.margin,
             "margin_column": self.margin_column,
             "confidence": self.confidence,
+            "rank_limits": self.rank_limits,
             "predictor": predictor,
         }
 

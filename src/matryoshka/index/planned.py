@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import MatryoshkaError
-from matryoshka.eval.metrics import recall_at_k
+from matryoshka.eval.metrics import recall_at_k, recall_per_query
 from matryoshka.index.adaptive import (
     RECALL_SLACK,
     DepthModel,
@@ -30,12 +30,13 @@ from matryoshka.index.prefix_ladder import (
     parse_prefix_ladder,
     prefix_depth_search,
 )
+from matryoshka.index.rank_rule import fit_rank_limits
 from matryoshka.index.search import Stage, StageStats, funnel_search
 
 if TYPE_CHECKING:
     from matryoshka.index.api import MatryoshkaIndex
 
-ADAPTIVE_RULES = ("predictor", "margin")
+ADAPTIVE_RULES = ("predictor", "margin", "rank")
 
 
 def saved_plan(index: MatryoshkaIndex) -> Plan | None:
@@ -122,12 +123,14 @@ def _train_prefix_ladder(
     target_recall: float | None,
 ) -> tuple[DepthModel, list[Stage]]:
     calibration = calibration_sample(index.store, k, queries)
-    first, answers = ladder_answers(index, calibration, ladder)
+    first, answers, costs = ladder_answers(index, calibration, ladder)
     full_depth = recall_at_k(answers[-1], calibration.truth, k)
     target = full_depth - RECALL_SLACK / 2 if target_recall is None else target_recall
     # a prefix's answer is exact when the shortlist holds the true top-k: the rule reads the gap between
     # the k-th score and the shortlist's last
     model = DepthModel(funnel, k, np.inf, margin_column=3)
+    hits = np.stack([recall_per_query(found, calibration.truth, k) for found in answers])
+    model.rank_limits, _ = fit_rank_limits(costs.worst, hits, costs.scan_bytes, costs.check_bytes, target)
     return fit_rules(model, first, answers, calibration, target), ladder.stages
 
 
@@ -162,8 +165,13 @@ def planned_search(
         model = depth_model(index, k)
         decide = model.predictor_rule if rule == "predictor" else model.margin_rule
         prefixes = parse_prefix_ladder(model.funnel, store.full_dim, k)
+        if rule == "rank" and (prefixes is None or model.rank_limits is None):
+            raise MatryoshkaError(
+                f"the rank rule runs on a prefix ladder (like 32|64:1000,384:10), not {model.funnel}"
+            )
         if prefixes is not None:
-            scores, rows, stats, answered = prefix_depth_search(index, queries, prefixes, k, decide)
+            limits = model.rank_limits if rule == "rank" else None
+            scores, rows, stats, answered = prefix_depth_search(index, queries, prefixes, k, decide, limits)
             names = [str(prefixes.first(dim)) for dim in prefixes.dims]
             return scores, rows, stats, prefixes.stages, [names[a] for a in answered]
         ladder = parse_funnel(model.funnel, store.full_dim, k)

@@ -21,6 +21,7 @@ import numpy as np
 from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.index.funnel import parse_funnel
+from matryoshka.index.rank_rule import worst_positions
 from matryoshka.index.search import Stage, StageStats, few_threads, rerank, top_k
 
 if TYPE_CHECKING:
@@ -132,9 +133,12 @@ class PrefixScan:
         return cache[dim]
 
 
-def _finish(index: MatryoshkaIndex, queries: np.ndarray, rows: np.ndarray, stages: list[Stage]):
-    """The funnel's later stages over a first-stage shortlist: ``(scores, rows, stats)``."""
-    scores, stats = None, []
+def _finish(
+    index: MatryoshkaIndex, queries: np.ndarray, scores: np.ndarray, rows: np.ndarray, stages: list[Stage]
+):
+    """The funnel's later stages over a first-stage shortlist (``scores``, ``rows``): ``(scores, rows,
+    stats)``; the shortlist itself when there are none."""
+    stats = []
     for stage in stages:
         started = time.perf_counter()
         scores, rows, read = rerank(index.store, queries, rows, stage)
@@ -148,10 +152,13 @@ def prefix_depth_search(
     ladder: PrefixLadder,
     k: int,
     decide: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
+    rank_limits: list[float | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[StageStats], np.ndarray]:
     """Run the ladder; after each prefix but the last, ``decide(queries, first-stage scores, position)``
-    says which queries finish the funnel from there. Returns top-k scores and rows, stats, and the
-    position that answered each query."""
+    says which queries finish the funnel from there. With ``rank_limits`` (``rank_rule.py``) the rank
+    rule decides instead: a rung with a limit finishes every query still going and stops those whose
+    answer sat within the limit of the shortlist's head; a rung without one is only scanned. Returns
+    top-k scores and rows, stats, and the position that answered each query."""
     queries = truncate(np.atleast_2d(np.asarray(queries, np.float32)))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
     out_rows = np.full((len(queries), k), -1, np.int64)
@@ -163,16 +170,28 @@ def prefix_depth_search(
         seconds = time.perf_counter() - started
         stats.append(StageStats(str(ladder.first(dim)), first_rows.shape[1], seconds, read))
         last = position == len(ladder.dims) - 1
-        stop = np.ones(len(active), bool) if last else decide(scan.queries, first_scores, position)
+        limit = None if rank_limits is None or last else rank_limits[position]
+        finish = ladder.stages[1:]
+        if limit is not None:  # the rank rule: finish every query, stop those answered from the head
+            scores, rows, later = _finish(index, scan.queries, first_scores, first_rows, finish)
+            stop = worst_positions(first_rows, rows, k) <= limit
+            scores, rows = scores[stop], rows[stop]
+        else:
+            if last or rank_limits is not None:
+                stop = np.full(len(active), last)
+            else:
+                stop = decide(scan.queries, first_scores, position)
+            scores, rows, later = None, None, []
+            if stop.any():
+                scores, rows, later = _finish(
+                    index, scan.queries[stop], first_scores[stop], first_rows[stop], finish
+                )
+        stats += later
         if stop.any():
-            scores, rows, later = _finish(index, scan.queries[stop], first_rows[stop], ladder.stages[1:])
-            scores = first_scores[stop] if scores is None else scores
-            rows = rows if later else first_rows[stop]
             width = min(k, scores.shape[1])
             out_scores[active[stop], :width] = scores[:, :width]
             out_rows[active[stop], :width] = rows[:, :width]
             answered[active[stop]] = position
-            stats += later
         active = active[~stop]
         scan.keep_only(~stop)
         if len(active) == 0:
@@ -180,26 +199,49 @@ def prefix_depth_search(
     return out_scores, out_rows, stats, answered
 
 
+@dataclass
+class LadderCosts:
+    """What the rank rule is fitted on (``rank_rule.fit_rank_limits``), per rung: each calibration
+    query's worst answer position, bytes scanned up to the rung and bytes of re-ranking at it."""
+
+    worst: np.ndarray
+    scan_bytes: np.ndarray
+    check_bytes: np.ndarray
+
+
 def ladder_answers(
     index: MatryoshkaIndex, calibration: Calibration, ladder: PrefixLadder
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """First-prefix scores (own row dropped) and every position's answer, for all calibration queries
-    (what ``adaptive.fit_rules`` fits the depth rules on)."""
+) -> tuple[np.ndarray, list[np.ndarray], LadderCosts]:
+    """First-prefix scores (own row dropped), every position's answer, and the rank rule's inputs, for
+    all calibration queries (what ``adaptive.fit_rules`` and the rank rule are fitted on)."""
     from matryoshka.index.adaptive import without_own_rows
 
-    width = calibration.width
+    width, count = calibration.width, len(calibration.queries)
     last = ladder.stages[-1]
     stages = [*ladder.stages[1:-1], Stage(last.dim, width, last.precision)] if len(ladder.stages) > 1 else []
-    first_parts, answers = [], [[] for _ in ladder.dims]
-    for start in range(0, len(calibration.queries), QUERY_BLOCK):
+    first_parts, answers, shortlists = [], [[] for _ in ladder.dims], [[] for _ in ladder.dims]
+    scan_bytes, check_bytes = np.zeros(len(ladder.dims)), np.zeros(len(ladder.dims))
+    for start in range(0, count, QUERY_BLOCK):
         block = truncate(calibration.queries[start : start + QUERY_BLOCK])
         scan = PrefixScan(index, block, ladder)
         for position, dim in enumerate(ladder.dims):
-            scores, rows, _ = scan.extend(dim, max(ladder.first(dim).keep, width))
+            keep = ladder.first(dim).keep
+            scores, rows, read = scan.extend(dim, max(keep, width))
             if position == 0:
                 first_parts.append((scores, rows))
-            answers[position].append(_finish(index, block, rows, stages)[1])
+            _, finished, later = _finish(index, block, scores, rows, stages)
+            answers[position].append(finished)
+            shortlists[position].append(rows[:, :keep])
+            scan_bytes[position] = read
+            check_bytes[position] += sum(stat.bytes_read for stat in later) / count
     first = without_own_rows(
         np.concatenate([s for s, _ in first_parts]), np.concatenate([r for _, r in first_parts]), calibration
     )
-    return first, [calibration.answers(np.concatenate(parts)) for parts in answers]
+    answers = [calibration.answers(np.concatenate(parts)) for parts in answers]
+    worst = np.stack(
+        [
+            worst_positions(np.concatenate(rows), found, calibration.k)
+            for rows, found in zip(shortlists, answers, strict=True)
+        ]
+    )
+    return first, answers, LadderCosts(worst, np.cumsum(scan_bytes), check_bytes)
