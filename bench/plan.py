@@ -33,7 +33,7 @@ from matryoshka.index import MatryoshkaIndex, exact_search
 from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.planned import run_candidate
 from matryoshka.index.planner import GB, PlanError, calibration_sample, choose, measure, pareto_frontier
-from matryoshka.index.prefix_ladder import ladder_over
+from matryoshka.index.prefix_ladder import ladder_over, parse_prefix_ladder
 from matryoshka.index.rotation import fit_rotation
 from report import hardware, markdown_table, write_section
 from search_data import synthetic_vectors
@@ -170,18 +170,23 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
     started = time.perf_counter()
     index.train_adaptive(K, queries=log, funnel=ladder)
     train_s = time.perf_counter() - started
-    adaptive_rows, longest = [], fixed.funnel.split(",")[0]
-    for mode, options in (
+    adaptive_rows = []
+    prefixes = parse_prefix_ladder(ladder, index.store.full_dim, K)
+    rungs = [] if prefixes is None else [prefixes.first(dim) for dim in prefixes.dims[:-1]]
+    later = fixed.funnel.split(",", 1)[1]
+    modes = [
         ("fixed plan", {"funnel": fixed.funnel}),
+        *((f"fixed: one rung, {rung},{later}", {"funnel": f"{rung},{later}"}) for rung in rungs),
         ("adaptive: margin rule", {"adaptive": "margin"}),
         ("adaptive: learned predictor", {"adaptive": "predictor"}),
         ("adaptive: rank rule", {"adaptive": "rank"}),
-    ):
+    ]
+    for mode, options in modes:
         read, stops, found = [], [], []
         for query in held_out:
             result = index.search(query[None], K, **options)
             read.append(sum(s.bytes_read for s in result.stages))
-            stops.append(result.answered[0] if result.answered else longest)
+            stops.append(result.answered[0] if result.answered else options["funnel"].split(",")[0])
             found.append(result.rows[0])
         _, qps = median_latency_ms(lambda q, o=options: index.search(q, K, **o), held_out[:200])
         names, counts = np.unique(stops, return_counts=True)
@@ -196,13 +201,20 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
         )
         print(name, adaptive_rows[-1], flush=True)
     base_recall, base_read = float(adaptive_rows[0][1]), float(adaptive_rows[0][2])
+    fixed_rows = adaptive_rows[: 1 + len(rungs)]
     verdicts = []
-    for row in adaptive_rows[1:]:
+    for row in adaptive_rows[1 + len(rungs) :]:
         saved, gap = 1 - float(row[2]) / base_read, float(row[1]) - base_recall
         met = saved >= 0.30 and gap >= -0.005  # equal recall (+-0.005), or better
+        # what per-query depth adds over choosing one rung for every query: the cheapest fixed funnel
+        # (the plan or one rung) that is as accurate
+        peers = [f for f in fixed_rows if float(f[1]) >= float(row[1]) - 0.005] or fixed_rows[:1]
+        cheapest = min(peers, key=lambda f: float(f[2]))
+        beyond = 1 - float(row[2]) / float(cheapest[2])
         verdicts.append(
             f"- {row[0]}: {saved:.1%} fewer bytes per query, recall {gap:+.3f}"
-            f" (bar: >= 30% at equal recall +-0.005): {'met' if met else 'NOT met'}"
+            f" (bar: >= 30% at equal recall +-0.005): {'met' if met else 'NOT met'};"
+            f" {beyond:.1%} fewer than the cheapest fixed funnel as accurate ({cheapest[0]})"
         )
     return [
         f"Adaptive depth vs {what} `{fixed.funnel}`: the prefix ladder `{ladder}` scans the"

@@ -73,6 +73,10 @@ def test_model_index_answers_text_queries(vector_files, sentences):
     assert shown.exit_code == 0 and "d3" in shown.output
     cascade = invoke("search", out, sentences[3], "-k", "1", "--precision", "binary,int8,float")
     assert cascade.exit_code == 0 and "d3" in cascade.output
+    ranked = invoke("search", out, sentences[3], "-k", "1", "--adaptive-rule", "rank", "--json")
+    assert ranked.exit_code == 0 and json.loads(ranked.output)["results"][0]["id"] == "d3", ranked.output
+    unknown = invoke("search", out, sentences[3], "--adaptive-rule", "guess")
+    assert unknown.exit_code == 2 and "adaptive must be one of predictor, margin, rank" in unknown.output
     for args, message in [
         (["--dim", "0"], "dimension 0 is out of range"),
         (["--funnel", "32:x"], "bad funnel stage '32:x'"),

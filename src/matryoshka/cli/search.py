@@ -34,6 +34,9 @@ def search(
     latency_ms: float | None = typer.Option(None, "--latency-ms", help="Deepest stage done in time."),
     recall: float | None = typer.Option(None, "--recall", help="Fastest planned funnel reaching it."),
     adaptive: bool = typer.Option(False, "--adaptive", help="Per-query depth (learned predictor)."),
+    adaptive_rule: str | None = typer.Option(
+        None, "--adaptive-rule", help="Per-query depth by this rule: predictor, margin or rank."
+    ),
 ) -> None:
     """Search an index; without options it uses the index's calibrated default funnel."""
     from matryoshka.index import MatryoshkaIndex
@@ -53,7 +56,8 @@ def search(
         raise MatryoshkaError("give a query text")
     if dim is not None:
         index.encoder.check_dim(dim)
-    planned = {"plan": plan, "latency_ms": latency_ms, "recall": recall, "adaptive": adaptive}
+    depth = adaptive_rule or adaptive
+    planned = {"plan": plan, "latency_ms": latency_ms, "recall": recall, "adaptive": depth}
     if any(value not in (None, False) for value in planned.values()):
         if not isinstance(index, MatryoshkaIndex):
             raise MatryoshkaError("--plan, --latency-ms, --recall and --adaptive need a local index")
