@@ -165,10 +165,12 @@ def planned_search(
         model = depth_model(index, k)
         decide = model.predictor_rule if rule == "predictor" else model.margin_rule
         prefixes = parse_prefix_ladder(model.funnel, store.full_dim, k)
-        if rule == "rank" and (prefixes is None or model.rank_limits is None):
+        if rule == "rank" and prefixes is None:
             raise MatryoshkaError(
                 f"the rank rule runs on a prefix ladder (like 32|64:1000,384:10), not {model.funnel}"
             )
+        if rule == "rank" and model.rank_limits is None:
+            raise MatryoshkaError("the saved depth model has no rank rule yet: retrain it (train_adaptive)")
         if prefixes is not None:
             limits = model.rank_limits if rule == "rank" else None
             scores, rows, stats, answered = prefix_depth_search(index, queries, prefixes, k, decide, limits)
