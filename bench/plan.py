@@ -167,6 +167,11 @@ def run_set(name: str, corpus: np.ndarray, queries: np.ndarray, lines: list[str]
 def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> list[str]:
     """Fixed plan vs the prefix ladder over its first stage, with the margin rule and the predictor."""
     ladder = ladder_over(parse_funnel(fixed.funnel, index.store.full_dim, K))
+    # hold in RAM only what the plan holds (planning loaded more), so that the fixed funnels re-rank from
+    # the same float16 chunk files as the ladder's rungs (bytes read: 2 per coordinate, not 4)
+    index.resident.clear()
+    for dim in fixed.resident:
+        index.load(dim)
     started = time.perf_counter()
     index.train_adaptive(K, queries=log, funnel=ladder)
     train_s = time.perf_counter() - started
