@@ -237,12 +237,18 @@ def test_rank_rule_positions_and_limits():
     shortlist = np.array([[5, 6, 7, 8], [1, 2, 3, 4]])
     final = np.array([[6, 5], [4, -1]])  # the second query's answer came from its shortlist's tail
     np.testing.assert_array_equal(worst_positions(shortlist, final, 2), [0.25, 0.75])
-    worst = np.array([[0.1, 0.9, 0.2], [0.0, 0.0, 0.0]])  # (rungs, queries); the last rung never checks
-    hits = np.array([[1.0, 0.5, 1.0], [1.0, 1.0, 1.0]])
-    scan, check = np.array([10.0, 20.0]), np.array([3.0, 1.0])
-    depth, read = ladder_cost((0.2,), worst, scan, check)
+    # (widths, rungs, queries): at twice the shortlist the second query's answer sits at its head
+    worst = np.array([[[0.1, 0.9, 0.2], [0, 0, 0]], [[0.1, 0.3, 0.1], [0, 0, 0]]])
+    hits = np.array([[[1.0, 0.5, 1.0], [1, 1, 1]], [[1.0, 1.0, 1.0], [1, 1, 1]]])
+    scan, check = np.array([10.0, 20.0]), np.array([[3.0, 1.0], [6.0, 1.0]])
+    depth, width, read = ladder_cost(((0, 0.2),), worst, scan, check)
     np.testing.assert_array_equal(depth, [0, 1, 0])
     np.testing.assert_array_equal(read, [13, 24, 13])
-    limits, cost = fit_rank_limits(worst, hits, scan, check, target=1.0)
-    assert limits == [pytest.approx(0.2)] and cost == pytest.approx(50 / 3)  # stopping the 0.9 loses recall
+    depth, width, read = ladder_cost(((1, 0.3),), worst, scan, check)
+    np.testing.assert_array_equal(np.stack([depth, width, read]), [[0, 0, 0], [1, 1, 1], [16, 16, 16]])
+    choices, cost = fit_rank_limits(worst[:1], hits[:1], scan, check[:1], target=1.0)
+    ((wide, limit),) = choices
+    assert wide == 0 and 0.2 <= limit < 0.9 and cost == pytest.approx(50 / 3)  # the 0.9 would lose recall
+    choices, cost = fit_rank_limits(worst, hits, scan, check, target=1.0)
+    assert choices == [(1, pytest.approx(0.3))] and cost == pytest.approx(16)  # wider: every query stops
     assert fit_rank_limits(worst, hits, scan, check * 10, target=1.0)[0] == [None]  # checking costs more

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import MatryoshkaError
-from matryoshka.eval.metrics import recall_at_k, recall_per_query
+from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index.adaptive import (
     RECALL_SLACK,
     DepthModel,
@@ -29,6 +29,7 @@ from matryoshka.index.prefix_ladder import (
     ladder_over,
     parse_prefix_ladder,
     prefix_depth_search,
+    rung_names,
 )
 from matryoshka.index.rank_rule import fit_rank_limits
 from matryoshka.index.search import Stage, StageStats, funnel_search
@@ -129,8 +130,8 @@ def _train_prefix_ladder(
     # a prefix's answer is exact when the shortlist holds the true top-k: the rule reads the gap between
     # the k-th score and the shortlist's last
     model = DepthModel(funnel, k, np.inf, margin_column=3)
-    hits = np.stack([recall_per_query(found, calibration.truth, k) for found in answers])
-    model.rank_limits, _ = fit_rank_limits(costs.worst, hits, costs.scan_bytes, costs.check_bytes, target)
+    costs_in = (costs.worst, costs.hits, costs.scan_bytes, costs.check_bytes)
+    model.rank_limits, _ = fit_rank_limits(*costs_in, target)
     return fit_rules(model, first, answers, calibration, target), ladder.stages
 
 
@@ -174,7 +175,7 @@ def planned_search(
         if prefixes is not None:
             limits = model.rank_limits if rule == "rank" else None
             scores, rows, stats, answered = prefix_depth_search(index, queries, prefixes, k, decide, limits)
-            names = [str(prefixes.first(dim)) for dim in prefixes.dims]
+            names = rung_names(prefixes, limits)
             return scores, rows, stats, prefixes.stages, [names[a] for a in answered]
         ladder = parse_funnel(model.funnel, store.full_dim, k)
         if ladder[0].precision == "float":

@@ -20,8 +20,9 @@ import numpy as np
 
 from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
+from matryoshka.eval.metrics import recall_per_query
 from matryoshka.index.funnel import parse_funnel
-from matryoshka.index.rank_rule import worst_positions
+from matryoshka.index.rank_rule import WIDTHS, worst_positions
 from matryoshka.index.search import Stage, StageStats, few_threads, rerank, top_k
 
 if TYPE_CHECKING:
@@ -43,6 +44,17 @@ class PrefixLadder:
         ``keep * longest / dim`` rows, so its top-k is as likely to be inside it."""
         longest = self.stages[0]
         return Stage(dim, longest.keep * longest.dim // dim, longest.precision)
+
+
+def rung_names(ladder: PrefixLadder, rank_limits: list[list | None] | None = None) -> list[str]:
+    """Each rung's first stage as text, with the shortlist the rank rule widened it to."""
+    choices = [*(rank_limits or []), None]  # the last rung keeps the fixed plan's shortlist
+    choices += [None] * (len(ladder.dims) - len(choices))
+    names = []
+    for dim, choice in zip(ladder.dims, choices, strict=True):
+        first, width = ladder.first(dim), 1 if choice is None else WIDTHS[choice[0]]
+        names.append(str(Stage(dim, first.keep * width, first.precision)))
+    return names
 
 
 def parse_prefix_ladder(text: str, full_dim: int, k: int) -> PrefixLadder | None:
@@ -152,12 +164,13 @@ def prefix_depth_search(
     ladder: PrefixLadder,
     k: int,
     decide: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
-    rank_limits: list[float | None] | None = None,
+    rank_limits: list[list | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[StageStats], np.ndarray]:
     """Run the ladder; after each prefix but the last, ``decide(queries, first-stage scores, position)``
     says which queries finish the funnel from there. With ``rank_limits`` (``rank_rule.py``) the rank
-    rule decides instead: a rung with a limit finishes every query still going and stops those whose
-    answer sat within the limit of the shortlist's head; a rung without one is only scanned. Returns
+    rule decides instead: a rung with a choice ``(width index, limit)`` keeps ``WIDTHS[index]`` times its
+    shortlist, finishes every query still going and stops those whose answer sat within the limit of
+    the shortlist's head; a rung without one is only scanned. Returns
     top-k scores and rows, stats, and the position that answered each query."""
     queries = truncate(np.atleast_2d(np.asarray(queries, np.float32)))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -165,14 +178,17 @@ def prefix_depth_search(
     answered = np.full(len(queries), len(ladder.dims) - 1)
     scan, active, stats = PrefixScan(index, queries, ladder), np.arange(len(queries)), []
     for position, dim in enumerate(ladder.dims):
-        started = time.perf_counter()
-        first_scores, first_rows, read = scan.extend(dim, ladder.first(dim).keep)
-        seconds = time.perf_counter() - started
-        stats.append(StageStats(str(ladder.first(dim)), first_rows.shape[1], seconds, read))
         last = position == len(ladder.dims) - 1
-        limit = None if rank_limits is None or last else rank_limits[position]
+        choice = None if rank_limits is None or last else rank_limits[position]
+        started = time.perf_counter()
+        keep = ladder.first(dim).keep * (1 if choice is None else WIDTHS[choice[0]])
+        first_scores, first_rows, read = scan.extend(dim, keep)
+        seconds = time.perf_counter() - started
+        name = str(Stage(dim, keep, ladder.stages[0].precision))
+        stats.append(StageStats(name, first_rows.shape[1], seconds, read))
         finish = ladder.stages[1:]
-        if limit is not None:  # the rank rule: finish every query, stop those answered from the head
+        if choice is not None:  # the rank rule: finish every query, stop those answered from the head
+            limit = choice[1]
             scores, rows, later = _finish(index, scan.queries, first_scores, first_rows, finish)
             stop = worst_positions(first_rows, rows, k) <= limit
             scores, rows = scores[stop], rows[stop]
@@ -201,10 +217,12 @@ def prefix_depth_search(
 
 @dataclass
 class LadderCosts:
-    """What the rank rule is fitted on (``rank_rule.fit_rank_limits``), per rung: each calibration
-    query's worst answer position, bytes scanned up to the rung and bytes of re-ranking at it."""
+    """What the rank rule is fitted on (``rank_rule.fit_rank_limits``): per width in ``WIDTHS``, rung
+    and calibration query, the worst answer position and the share of the exact top-k found; bytes
+    scanned up to each rung and of re-ranking one query's shortlist at each width and rung."""
 
     worst: np.ndarray
+    hits: np.ndarray
     scan_bytes: np.ndarray
     check_bytes: np.ndarray
 
@@ -216,32 +234,39 @@ def ladder_answers(
     all calibration queries (what ``adaptive.fit_rules`` and the rank rule are fitted on)."""
     from matryoshka.index.adaptive import without_own_rows
 
-    width, count = calibration.width, len(calibration.queries)
+    width, count, rungs = calibration.width, len(calibration.queries), len(ladder.dims)
     last = ladder.stages[-1]
     stages = [*ladder.stages[1:-1], Stage(last.dim, width, last.precision)] if len(ladder.stages) > 1 else []
-    first_parts, answers, shortlists = [], [[] for _ in ladder.dims], [[] for _ in ladder.dims]
-    scan_bytes, check_bytes = np.zeros(len(ladder.dims)), np.zeros(len(ladder.dims))
+    first_parts = []
+    answers = [[[] for _ in ladder.dims] for _ in WIDTHS]
+    shortlists = [[[] for _ in ladder.dims] for _ in WIDTHS]
+    scan_bytes, check_bytes = np.zeros(rungs), np.zeros((len(WIDTHS), rungs))
     for start in range(0, count, QUERY_BLOCK):
         block = truncate(calibration.queries[start : start + QUERY_BLOCK])
         scan = PrefixScan(index, block, ladder)
         for position, dim in enumerate(ladder.dims):
             keep = ladder.first(dim).keep
-            scores, rows, read = scan.extend(dim, max(keep, width))
+            scores, rows, scan_bytes[position] = scan.extend(dim, max(keep * WIDTHS[-1], width))
             if position == 0:
-                first_parts.append((scores, rows))
-            _, finished, later = _finish(index, block, scores, rows, stages)
-            answers[position].append(finished)
-            shortlists[position].append(rows[:, :keep])
-            scan_bytes[position] = read
-            check_bytes[position] += sum(stat.bytes_read for stat in later) / count
+                first_parts.append((scores[:, : max(keep, width)], rows[:, : max(keep, width)]))
+            for wide, factor in enumerate(WIDTHS):
+                shortlist = max(keep * factor, width)
+                _, found, later = _finish(index, block, scores[:, :shortlist], rows[:, :shortlist], stages)
+                answers[wide][position].append(found)
+                shortlists[wide][position].append(rows[:, : keep * factor])
+                check_bytes[wide, position] += sum(stat.bytes_read for stat in later) / count
     first = without_own_rows(
         np.concatenate([s for s, _ in first_parts]), np.concatenate([r for _, r in first_parts]), calibration
     )
-    answers = [calibration.answers(np.concatenate(parts)) for parts in answers]
-    worst = np.stack(
+    answers = [[calibration.answers(np.concatenate(parts)) for parts in per_width] for per_width in answers]
+    k, truth = calibration.k, calibration.truth
+    worst = [
         [
-            worst_positions(np.concatenate(rows), found, calibration.k)
-            for rows, found in zip(shortlists, answers, strict=True)
+            worst_positions(np.concatenate(rows), found, k)
+            for rows, found in zip(lists, found_lists, strict=True)
         ]
-    )
-    return first, answers, LadderCosts(worst, np.cumsum(scan_bytes), check_bytes)
+        for lists, found_lists in zip(shortlists, answers, strict=True)
+    ]
+    hits = [[recall_per_query(found, truth, k) for found in found_lists] for found_lists in answers]
+    costs = LadderCosts(np.array(worst), np.array(hits), np.cumsum(scan_bytes), check_bytes)
+    return first, answers[0], costs

@@ -19,7 +19,10 @@ from itertools import product
 
 import numpy as np
 
-LIMIT_QUANTILES = np.linspace(0.05, 1.0, 20)
+LIMIT_QUANTILES = np.linspace(0.1, 1.0, 12)
+WIDTHS = (1, 2, 4)  # a checked rung may keep this many times the ladder's shortlist
+
+Choice = tuple[int, float] | None  # per rung: (index into WIDTHS, position limit), or None to pass it
 
 
 def worst_positions(first_rows: np.ndarray, final_rows: np.ndarray, k: int) -> np.ndarray:
@@ -31,37 +34,51 @@ def worst_positions(first_rows: np.ndarray, final_rows: np.ndarray, k: int) -> n
 
 
 def ladder_cost(
-    limits: tuple[float | None, ...], worst: np.ndarray, scan_bytes: np.ndarray, check_bytes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the rung that answers under ``limits`` (one per rung but the last; None passes a rung)
-    and the bytes it reads: the scan up to that rung plus the re-ranking of every rung it checked."""
-    queries = worst.shape[1]
-    depth = np.full(queries, len(scan_bytes) - 1)
+    choices: tuple[Choice, ...], worst: np.ndarray, scan_bytes: np.ndarray, check_bytes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query under ``choices`` (one per rung but the last): the rung that answers, the width it
+    answered at, and the bytes read: the scan up to that rung plus the re-ranking of every rung checked.
+
+    ``worst``: (widths, rungs, queries); ``scan_bytes``: (rungs,) bytes scanned up to each rung;
+    ``check_bytes``: (widths, rungs) bytes of re-ranking one query's shortlist."""
+    queries = worst.shape[2]
+    depth, width = np.full(queries, len(scan_bytes) - 1), np.zeros(queries, int)
     read = np.zeros(queries)
     going = np.ones(queries, bool)
-    for rung, limit in enumerate(limits):
-        if limit is None:
+    for rung, choice in enumerate(choices):
+        if choice is None:
             continue
-        read[going] += check_bytes[rung]
-        stop = going & (worst[rung] <= limit)
-        depth[stop], going = rung, going & ~stop
-    read[going] += check_bytes[-1]
-    return depth, read + scan_bytes[depth]
+        wide, limit = choice
+        read[going] += check_bytes[wide, rung]
+        stop = going & (worst[wide, rung] <= limit)
+        depth[stop], width[stop], going = rung, wide, going & ~stop
+    read[going] += check_bytes[0, -1]
+    return depth, width, read + scan_bytes[depth]
 
 
 def fit_rank_limits(
     worst: np.ndarray, hits: np.ndarray, scan_bytes: np.ndarray, check_bytes: np.ndarray, target: float
-) -> tuple[list[float | None], float]:
-    """The limits (``None`` = pass the rung) with the fewest mean bytes whose recall (mean of ``hits``,
-    each query's share of its exact top-k at the rung that answers it) is at least ``target``.
+) -> tuple[list[Choice], float]:
+    """The choices with the fewest mean bytes whose recall (mean of ``hits``, each query's share of its
+    exact top-k where it is answered) is at least ``target``; and those bytes.
 
-    ``worst`` and ``hits``: (rungs, queries); ``scan_bytes``: bytes scanned up to each rung, per query;
-    ``check_bytes``: bytes of re-ranking one query's shortlist at each rung. Returns limits and bytes."""
-    options = [[None, *np.unique(np.quantile(rung, LIMIT_QUANTILES))] for rung in worst[:-1]]
-    best: tuple[list[float | None], float] = ([None] * (len(hits) - 1), np.inf)
-    for limits in product(*options):
-        depth, read = ladder_cost(limits, worst, scan_bytes, check_bytes)
-        recall = hits[depth, np.arange(hits.shape[1])].mean()
-        if recall >= target - 1e-12 and read.mean() < best[1]:
-            best = ([None if v is None else float(v) for v in limits], float(read.mean()))
+    ``worst`` and ``hits``: (widths, rungs, queries), the last rung at width index 0 (the fixed plan's
+    shortlist); see :func:`ladder_cost` for the bytes."""
+    options = [
+        [
+            None,
+            *(
+                (wide, float(v))
+                for wide in range(len(worst))
+                for v in np.unique(np.quantile(worst[wide, rung], LIMIT_QUANTILES))
+            ),
+        ]
+        for rung in range(worst.shape[1] - 1)
+    ]
+    columns = np.arange(worst.shape[2])
+    best: tuple[list[Choice], float] = ([None] * (worst.shape[1] - 1), np.inf)
+    for choices in product(*options):
+        depth, width, read = ladder_cost(choices, worst, scan_bytes, check_bytes)
+        if hits[width, depth, columns].mean() >= target - 1e-12 and read.mean() < best[1]:
+            best = (list(choices), float(read.mean()))
     return best
