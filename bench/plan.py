@@ -33,7 +33,7 @@ from matryoshka.index import MatryoshkaIndex, exact_search
 from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.planned import run_candidate
 from matryoshka.index.planner import GB, PlanError, calibration_sample, choose, measure, pareto_frontier
-from matryoshka.index.prefix_ladder import ladder_over, parse_prefix_ladder
+from matryoshka.index.prefix_ladder import ladder_over, parse_prefix_ladder, rung_names
 from matryoshka.index.rotation import fit_rotation
 from report import hardware, markdown_table, write_section
 from search_data import synthetic_vectors
@@ -177,7 +177,10 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
     train_s = time.perf_counter() - started
     adaptive_rows = []
     prefixes = parse_prefix_ladder(ladder, index.store.full_dim, K)
-    rungs = [] if prefixes is None else [prefixes.first(dim) for dim in prefixes.dims[:-1]]
+    # each rung as a fixed funnel for every query, at the shortlist the rank rule widened it to: what
+    # per-query depth must beat
+    rank_limits = index.store.manifest["adaptive"].get("rank_limits")
+    rungs = [] if prefixes is None else rung_names(prefixes, rank_limits)[:-1]
     later = fixed.funnel.split(",", 1)[1]
     modes = [
         ("fixed plan", {"funnel": fixed.funnel}),
