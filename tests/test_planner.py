@@ -252,3 +252,17 @@ def test_rank_rule_positions_and_limits():
     choices, cost = fit_rank_limits(worst, hits, scan, check, target=1.0)
     assert choices == [(1, pytest.approx(0.3))] and cost == pytest.approx(16)  # wider: every query stops
     assert fit_rank_limits(worst, hits, scan, check * 10, target=1.0)[0] == [None]  # checking costs more
+
+
+def test_rank_rule_passes_a_rung_in_the_next_scan(planned, data):
+    from matryoshka.index.prefix_ladder import parse_prefix_ladder, prefix_depth_search
+
+    index, _ = planned
+    ladder = parse_prefix_ladder("16|32|128:100,384:10", 384, K)
+    never = lambda q, scores, position: np.zeros(len(q), bool)  # noqa: E731
+    # pass 16, check 32 at twice its shortlist with a limit every query meets
+    _, rows, stats, answered = prefix_depth_search(index, data[1], ladder, K, never, [None, (1, 1.0)])
+    assert (answered == 1).all() and stats[0].stage == "32:800" and stats[0].bytes_read == ROWS * 32 * 4
+    assert [s.stage for s in stats] == ["32:800", "384:10"]
+    direct = index.search(data[1], K, funnel="32:800,384:10")
+    np.testing.assert_array_equal(rows, direct.rows)

@@ -180,6 +180,8 @@ def prefix_depth_search(
     for position, dim in enumerate(ladder.dims):
         last = position == len(ladder.dims) - 1
         choice = None if rank_limits is None or last else rank_limits[position]
+        if rank_limits is not None and choice is None and not last:
+            continue  # a rung the rank rule passes: the next scan adds its coordinates in the same call
         started = time.perf_counter()
         keep = ladder.first(dim).keep * (1 if choice is None else WIDTHS[choice[0]])
         first_scores, first_rows, read = scan.extend(dim, keep)
