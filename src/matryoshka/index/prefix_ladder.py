@@ -170,8 +170,8 @@ def prefix_depth_search(
     says which queries finish the funnel from there. With ``rank_limits`` (``rank_rule.py``) the rank
     rule decides instead: a rung with a choice ``(width index, limit)`` keeps ``WIDTHS[index]`` times its
     shortlist, finishes every query still going and stops those whose answer sat within the limit of
-    the shortlist's head; a rung without one is only scanned. Returns
-    top-k scores and rows, stats, and the position that answered each query."""
+    the shortlist's head; a rung without one is only scanned. Returns top-k scores and rows, stats, and
+    the position that answered each query."""
     queries = truncate(np.atleast_2d(np.asarray(queries, np.float32)))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
     out_rows = np.full((len(queries), k), -1, np.int64)
@@ -195,10 +195,7 @@ def prefix_depth_search(
             stop = worst_positions(first_rows, rows, k) <= limit
             scores, rows = scores[stop], rows[stop]
         else:
-            if last or rank_limits is not None:
-                stop = np.full(len(active), last)
-            else:
-                stop = decide(scan.queries, first_scores, position)
+            stop = np.ones(len(active), bool) if last else decide(scan.queries, first_scores, position)
             scores, rows, later = None, None, []
             if stop.any():
                 scores, rows, later = _finish(
