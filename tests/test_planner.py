@@ -13,7 +13,7 @@ from matryoshka.index import MatryoshkaIndex, Stage, exact_search
 from matryoshka.index.adaptive import DepthModel, budget_ladder, budget_search
 from matryoshka.index.capacity import best_option, bytes_per_vector, capacity_options
 from matryoshka.index.funnel import stages_text
-from matryoshka.index.planner import PlanError, choose, pareto_frontier
+from matryoshka.index.planner import Calibration, PlanError, choose, pareto_frontier
 
 K = 10
 ROWS = 3000
@@ -56,7 +56,20 @@ def test_plan_is_saved_on_the_frontier_and_meets_recall_on_held_out_queries(plan
     result = reopened.search(held_out, K, plan="auto")
     _, exact = exact_search(held_out, corpus, K)
     assert recall_at_k(result.rows, exact) >= 0.9 - 0.03
+    # the predicted interval is saved with the plan and says how far other queries stray
+    assert 0 < saved.chosen.recall_error < 0.1
+    assert abs(recall_at_k(result.rows, exact) - plan.chosen.recall) <= plan.chosen.recall_error
     assert set(reopened.resident) == set(plan.chosen.resident)
+
+
+def test_recall_interval_is_the_sample_mean_and_its_95_percent_half_width():
+    truth = np.arange(40).reshape(4, 10)
+    found = truth.copy()
+    found[2:, 5:] += 100  # the last two queries find 5 of their 10
+    calibration = Calibration(np.zeros((4, 384), np.float32), truth, None, K, "4 logged queries")
+    mean, half_width = calibration.recall_interval(found)
+    assert mean == 0.75
+    assert half_width == pytest.approx(1.96 * np.sqrt(0.25 / 3) / 2, abs=1e-12)
 
 
 def test_memory_budget_bounds_the_bytes_held_in_ram(planned, data):
@@ -209,15 +222,39 @@ def test_adaptive_prefix_ladder_stops_early_at_the_trained_recall(planned, data)
     full_depth = index.search(held_out, K, funnel="128:100,384:10")
     index.train_adaptive(K, queries=log, funnel=ladder)
     _, exact = exact_search(held_out, corpus, K)
+
+    def bytes_per_query(**options) -> float:
+        searches = [index.search(query[None], K, **options) for query in held_out[:50]]
+        return np.mean([sum(stat.bytes_read for stat in result.stages) for result in searches])
+
+    fixed_bytes = bytes_per_query(funnel="128:100,384:10")
     for rule in ("margin", "predictor", "rank"):
         result = index.search(held_out, K, adaptive=rule)
         assert set(result.answered) <= {"16:800", "32:400", "128:100"}  # shorter prefix, wider shortlist
         assert result.answered.count("128:100") < len(held_out) // 4  # most of this data is easy
-        if rule != "rank":  # which stops first; the rank rule checks where re-ranking costs least
-            assert result.answered.count("16:800") > len(held_out) // 4
+        # every rule is fitted to read the fewest bytes at the recall target, not to stop soonest
+        assert bytes_per_query(adaptive=rule) < 0.9 * fixed_bytes
         assert recall_at_k(result.rows, exact) >= recall_at_k(full_depth.rows, exact) - 0.02
     with pytest.raises(MatryoshkaError, match="the dims must increase"):
         index.train_adaptive(K, funnel="32|16:100")
+
+
+@pytest.mark.parametrize("answer_bytes", [None, [1.0, 2.0], [3.0, 2.0]])
+def test_depth_rules_stop_early_only_where_that_reads_fewer_bytes(answer_bytes):
+    from matryoshka.index.adaptive import fit_rules
+
+    rng = np.random.default_rng(0)
+    count = 40
+    truth = np.arange(count * K).reshape(count, K)
+    queries = rng.standard_normal((count, 384))
+    calibration = Calibration(queries, truth, None, K, "log")
+    first = -np.sort(rng.random((count, 3 * K)), axis=1)
+    stage_rows = [truth, truth]  # both positions exact: stopping early never costs recall
+    model = fit_rules(DepthModel("16|32:100", K, np.inf), first, stage_rows, calibration, 1.0, answer_bytes)
+    early = answer_bytes is None or answer_bytes[0] < answer_bytes[1]
+    stops = model.margin_rule(queries, first, 0)
+    assert stops.all() if early else not stops.any()
+    assert (model.predicted_depth(queries, first) == (0 if early else 1)).all()
 
 
 def test_without_a_recall_target_near_equal_recall_goes_to_the_fastest():

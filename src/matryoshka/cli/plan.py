@@ -48,7 +48,7 @@ def plan(
         table.add_row(
             c.funnel + ("" if c.resident else " (mapped)"),
             f"{c.memory_bytes / 1e6:.1f}",
-            f"{c.recall:.3f}",
+            f"{c.recall:.3f} +- {c.recall_error:.3f}",
             f"{c.latency_ms:.2f}",
             f"{c.bytes_read / 1e6:.2f}",
             mark,

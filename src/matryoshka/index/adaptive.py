@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 PREFIX_FEATURES = 32
 RECALL_SLACK = 0.005
+NEVER_EARLY = 2.0  # a predictor confidence no stage reaches: every query goes to the deepest stage
 PREDICTOR_FILE = "adaptive-predictor.npz"
 
 
@@ -125,15 +126,16 @@ class DepthModel:
         return np.concatenate([truncate(queries, PREFIX_FEATURES), margins(scores, self.k)], axis=1)
 
     def predicted_depth(self, queries: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Smallest stage whose cumulative predicted probability reaches ``confidence``."""
+        """Smallest stage whose cumulative predicted probability reaches ``confidence`` (the deepest when
+        none does)."""
         assert self.weights is not None and self.bias is not None and self.classes is not None
         logits = self.features(queries, scores) @ self.weights.T + self.bias
         if logits.shape[1] == 1:  # two classes: sklearn keeps one logit
             logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        cumulative = np.cumsum(probs, axis=1)
-        first = np.argmax(cumulative >= self.confidence - 1e-9, axis=1)
+        reached = np.cumsum(probs, axis=1) >= self.confidence - 1e-9
+        first = np.where(reached.any(axis=1), reached.argmax(axis=1), len(self.classes) - 1)
         return self.classes[first]
 
     def predictor_rule(self, queries: np.ndarray, scores: np.ndarray, position: int) -> np.ndarray:
@@ -226,38 +228,47 @@ def fit_rules(
     stage_rows: list[np.ndarray],
     calibration: Calibration,
     target_recall: float,
+    answer_bytes: np.ndarray | None = None,
 ) -> DepthModel:
     """Set ``model``'s margin threshold and predictor from the first position's scores (without the
-    query's own row) and every position's answers on the calibration sample."""
+    query's own row) and every position's answers on the calibration sample: of the settings that keep
+    ``target_recall``, the one reading the fewest bytes (``answer_bytes``: what a query answered at each
+    position reads; a position further on costs more when not given). Stopping early is not always
+    cheaper: a short prefix's wide shortlist can cost more to re-rank than a longer prefix's scan."""
     from sklearn.linear_model import LogisticRegression
 
     k, queries, last = calibration.k, calibration.queries, len(stage_rows) - 1
+    cost = np.arange(last + 1, dtype=float) if answer_bytes is None else np.asarray(answer_bytes, float)
 
     def recall_if(depth: np.ndarray) -> float:
         chosen = np.stack([stage_rows[d][q] for q, d in enumerate(depth)])
         return recall_at_k(chosen, calibration.truth, k)
 
+    def cheapest(settings: list[tuple[float, np.ndarray]]) -> float | None:
+        """The setting whose depths keep the recall target at the fewest mean bytes (first on ties)."""
+        keeping = [(cost[depth].mean(), n, value) for n, (value, depth) in enumerate(settings)]
+        keeping = [item for item in keeping if recall_if(settings[item[1]][1]) >= target_recall]
+        return min(keeping)[2] if keeping else None
+
     gaps = margins(first, k)[:, model.margin_column]
-    for threshold in np.sort(np.unique(gaps)):  # smallest threshold that keeps the recall target
-        depth = np.where(gaps >= threshold, 0, last)
-        if recall_if(depth) >= target_recall:
-            model.margin = float(threshold)
-            break
+    thresholds = [*np.sort(np.unique(gaps)), np.inf]  # inf: never stop early
+    model.margin = float(cheapest([(t, np.where(gaps >= t, 0, last)) for t in thresholds]))
     labels = smallest_exact_stage(stage_rows, calibration.truth, k)
     features = model.features(queries, first)
     if len(np.unique(labels)) < 2:
         model.weights = np.zeros((1, features.shape[1]))
-        model.bias = np.array([10.0 if labels[0] == 0 else -10.0])
+        model.bias = np.array([-10.0 if labels[0] == 0 else 10.0])  # the one logit is the last class's
         model.classes = np.array([0, last])
     else:
         classifier = LogisticRegression(max_iter=2000, C=1.0).fit(features, labels)
         model.weights, model.bias = classifier.coef_, classifier.intercept_
         model.classes = classifier.classes_
-    for confidence in np.linspace(0.5, 1.0, 51):
+    settings = []
+    for confidence in [*np.linspace(0.5, 1.0, 51), NEVER_EARLY]:
         model.confidence = float(confidence)
-        depth = model.predicted_depth(queries, first)
-        if recall_if(depth) >= target_recall:
-            break
+        settings.append((float(confidence), model.predicted_depth(queries, first)))
+    best = cheapest(settings)
+    model.confidence = 1.0 if best is None else best
     return model
 
 

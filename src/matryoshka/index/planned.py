@@ -132,7 +132,9 @@ def _train_prefix_ladder(
     model = DepthModel(funnel, k, np.inf, margin_column=3)
     costs_in = (costs.worst, costs.hits, costs.scan_bytes, costs.check_bytes)
     model.rank_limits, _ = fit_rank_limits(*costs_in, target)
-    return fit_rules(model, first, answers, calibration, target), ladder.stages
+    # margin and predictor finish a query at one rung, at the ladder's own shortlist (width index 0)
+    answer_bytes = costs.scan_bytes + costs.check_bytes[0]
+    return fit_rules(model, first, answers, calibration, target, answer_bytes), ladder.stages
 
 
 def planned_search(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import MatryoshkaError
-from matryoshka.eval.metrics import recall_at_k
+from matryoshka.eval.metrics import recall_per_query
 from matryoshka.index.search import Stage, funnel_search, load_prefix, rerank, scan
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ STALE_GROWTH = 0.2  # a plan is stale once live rows grew by more than this frac
 SHORTLIST_FACTORS = (5, 10, 30, 100)
 GB = 1e9
 RECALL_TIE = 0.005  # recalls this close on a calibration sample count as equal when choosing
+RECALL_Z = 1.96  # a 95% interval on a sample mean
 
 
 class PlanError(MatryoshkaError):
@@ -46,6 +47,7 @@ class Candidate:
     recall: float = 0.0
     latency_ms: float = 0.0
     bytes_read: int = 0
+    recall_error: float = 0.0  # half-width of the 95% interval of ``recall`` over the sample's queries
 
     def stages(self, full_dim: int, k: int) -> list[Stage]:
         from matryoshka.index.funnel import parse_funnel
@@ -55,7 +57,8 @@ class Candidate:
     def describe(self) -> str:
         where = f"RAM {self.memory_bytes / 1e6:.1f} MB" if self.resident else "mapped"
         return (
-            f"{self.funnel} ({where}): recall@k {self.recall:.3f}, {self.latency_ms:.2f} ms/query, "
+            f"{self.funnel} ({where}): recall@k {self.recall:.3f} +- {self.recall_error:.3f},"
+            f" {self.latency_ms:.2f} ms/query, "
             f"{self.bytes_read / 1e6:.2f} MB read/query"
         )
 
@@ -97,7 +100,14 @@ class Calibration:
     source: str
 
     def recall(self, found: np.ndarray) -> float:
-        return recall_at_k(self.answers(found), self.truth, self.k)
+        return self.recall_interval(found)[0]
+
+    def recall_interval(self, found: np.ndarray) -> tuple[float, float]:
+        """Mean recall@k over the sample, and the half-width of its 95% interval: how far the recall
+        of other queries like these may stray from it (200 queries leave about +-0.01 at 0.95)."""
+        per_query = recall_per_query(self.answers(found), self.truth, self.k)
+        spread = per_query.std(ddof=1) / np.sqrt(len(per_query)) if len(per_query) > 1 else 0.0
+        return float(per_query.mean()), float(RECALL_Z * spread)
 
     def answers(self, found: np.ndarray) -> np.ndarray:
         """Each query's top-k without its own row (held-in queries are rows of the index)."""
@@ -215,14 +225,16 @@ def measure(
                 rows, read = _later_stages(store, query[None], shortlist[position : position + 1], stages)
                 later_bytes += read
                 found.append(rows[0, : calibration.width])
+            recall, error = calibration.recall_interval(np.stack(found))
             measured.append(
                 Candidate(
                     stages_text(stages),
                     [dim] if resident else [],
                     resident_bytes(store, stages, resident),
-                    calibration.recall(np.stack(found)),
+                    recall,
                     0.0,
                     scan_bytes + later_bytes // len(calibration.queries),
+                    error,
                 )
             )
             searches.append((stages, held))
