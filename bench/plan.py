@@ -42,10 +42,14 @@ from matryoshka.index.planner import (
     measure,
     pareto_frontier,
 )
-from matryoshka.index.prefix_ladder import ladder_answers, ladder_over, parse_prefix_ladder, rung_names
-from matryoshka.index.rank_rule import WIDTHS
+from matryoshka.index.prefix_ladder import (
+    ladder_answers,
+    ladder_over,
+    parse_prefix_ladder,
+    rung_name,
+    rung_names,
+)
 from matryoshka.index.rotation import fit_rotation
-from matryoshka.index.search import Stage
 from report import hardware, markdown_table, write_section
 from search_data import synthetic_vectors
 
@@ -180,15 +184,15 @@ def run_set(name: str, corpus: np.ndarray, queries: np.ndarray, lines: list[str]
 
 def oracle_row(index, ladder, held_out, exact, bar: float) -> list[str] | None:
     """The bound on any per-query rule over ``ladder`` at recall ``bar``: each held-out query answered
-    at the rung and width (``rank_rule.WIDTHS``) that minimises bytes - price * hits, knowing its hits in
-    advance (so only that rung's re-ranking is paid), at the lowest price whose mean recall reaches the
-    bar. At that price no assignment of queries to rungs reads fewer bytes and finds as many hits.
+    at the rung and check option (``rank_rule.OPTIONS``) that minimises bytes - price * hits, knowing
+    its hits in advance (so only that rung's re-ranking is paid), at the lowest price whose mean recall
+    reaches the bar. At that price no assignment of queries to rungs reads fewer bytes and finds as many hits.
     Bytes are the ladder's own counts (``ladder_answers``), which equal a search's for the fixed plan."""
     if ladder is None:
         return None
     calibration = Calibration(truncate(held_out), exact[:, :K], None, K, "held-out queries")  # same truth
     _, _, costs = ladder_answers(index, calibration, ladder)
-    widths, rungs, count = costs.hits.shape
+    options, rungs, count = costs.hits.shape
     hits = costs.hits.reshape(-1, count)
     cost = np.broadcast_to((costs.scan_bytes[None] + costs.check_bytes)[..., None], costs.hits.shape)
     cost = cost.reshape(-1, count)
@@ -198,10 +202,7 @@ def oracle_row(index, ladder, held_out, exact, bar: float) -> list[str] | None:
         if hits[best, columns].mean() >= bar:
             break
     read, recall = cost[best, columns], hits[best, columns].mean()
-    labels = [
-        str(Stage(ladder.dims[r], ladder.first(ladder.dims[r]).keep * WIDTHS[w], ladder.stages[0].precision))
-        for w, r in zip(*np.unravel_index(best, (widths, rungs)), strict=True)
-    ]
+    labels = [rung_name(ladder, r, o) for o, r in zip(*np.unravel_index(best, (options, rungs)), strict=True)]
     shares, counts = np.unique(labels, return_counts=True)
     answered = ", ".join(f"{n}: {c / count:.0%}" for n, c in zip(shares, counts, strict=True))
     mean_read = f"{read.mean() / 1e6:.3f}"
@@ -225,10 +226,11 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
     # per-query depth must beat
     rank_limits = index.store.manifest["adaptive"].get("rank_limits")
     rungs = [] if prefixes is None else rung_names(prefixes, rank_limits)[:-1]
-    later = fixed.funnel.split(",", 1)[1]
+    later, final = fixed.funnel.split(",", 1)[1], fixed.funnel.rsplit(",", 1)[1]
+    rungs = [f"{rung},{final if ',' in rung else later}" for rung in rungs]  # a quick check's stages
     modes = [
         ("fixed plan", {"funnel": fixed.funnel}),
-        *((f"fixed: one rung, {rung},{later}", {"funnel": f"{rung},{later}"}) for rung in rungs),
+        *((f"fixed: one rung, {rung}", {"funnel": rung}) for rung in rungs),
         ("adaptive: margin rule", {"adaptive": "margin"}),
         ("adaptive: learned predictor", {"adaptive": "predictor"}),
         ("adaptive: rank rule", {"adaptive": "rank"}),
@@ -276,7 +278,10 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
         f"Adaptive depth vs {what} `{fixed.funnel}`: the prefix ladder `{ladder}` scans the"
         f" shortest prefix for every query and extends the scan (adding only the new coordinates)"
         f" for the queries its rule sends on; at its longest prefix it is the fixed plan. Rules"
-        f" trained on the log in {train_s:.1f} s to keep the full ladder's recall (less 0.0025).",
+        f" trained on the log in {train_s:.1f} s to keep the full ladder's recall (less 0.0025)."
+        " The rank rule may check a rung at a wider shortlist, and quickly: at 64 dims, then the best"
+        " 30 rows at full dim (a rung named `16:800,64:30`); each rung is also run as a fixed funnel"
+        " for every query, at the rank rule's shortlist and check.",
         "Bytes are what each single-query search read (first-stage scans plus re-ranking gathers)."
         " The oracle bound is not a search: each held-out query is put at a rung and shortlist width"
         " knowing in advance which exact top-10 rows each would find (so only that rung's re-ranking is"

@@ -22,7 +22,7 @@ from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import recall_per_query
 from matryoshka.index.funnel import parse_funnel
-from matryoshka.index.rank_rule import WIDTHS, worst_positions
+from matryoshka.index.rank_rule import CHECK_DIM, CHECK_KEEP, OPTIONS, WIDTHS, worst_positions
 from matryoshka.index.search import Stage, StageStats, few_threads, rerank, top_k
 
 if TYPE_CHECKING:
@@ -45,16 +45,32 @@ class PrefixLadder:
         longest = self.stages[0]
         return Stage(dim, longest.keep * longest.dim // dim, longest.precision)
 
+    def check(self, option: int, position: int) -> tuple[int, list[Stage]]:
+        """A rung's shortlist and the stages that finish it under a check option (``rank_rule.OPTIONS``):
+        the fixed plan's later stages, or the quick check's ``CHECK_DIM`` prefix then the last stage."""
+        factor, quick = OPTIONS[option]
+        keep = self.first(self.dims[position]).keep * factor
+        final = self.stages[-1]
+        if not quick or final.dim <= CHECK_DIM or len(self.stages) < 2:
+            return keep, self.stages[1:]
+        return keep, [Stage(CHECK_DIM, CHECK_KEEP * final.keep), final]
+
+
+def rung_name(ladder: PrefixLadder, position: int, option: int = 0) -> str:
+    """A rung's first stage as text, at the shortlist a check option widens it to, with the quick
+    check's stage after it (``binary@64:1200,64:30``)."""
+    keep, finish = ladder.check(option, position)
+    names = [str(Stage(ladder.dims[position], keep, ladder.stages[0].precision))]
+    if finish != ladder.stages[1:]:  # a quick check: its prefix stage before the last
+        names += [str(stage) for stage in finish[:-1]]
+    return ",".join(names)
+
 
 def rung_names(ladder: PrefixLadder, rank_limits: list[list | None] | None = None) -> list[str]:
-    """Each rung's first stage as text, with the shortlist the rank rule widened it to."""
-    choices = [*(rank_limits or []), None]  # the last rung keeps the fixed plan's shortlist
+    """Each rung's name (:func:`rung_name`) under the rank rule's choices; the last keeps the plan's."""
+    choices = [*(rank_limits or []), None]
     choices += [None] * (len(ladder.dims) - len(choices))
-    names = []
-    for dim, choice in zip(ladder.dims, choices, strict=True):
-        first, width = ladder.first(dim), 1 if choice is None else WIDTHS[choice[0]]
-        names.append(str(Stage(dim, first.keep * width, first.precision)))
-    return names
+    return [rung_name(ladder, p, 0 if choice is None else choice[0]) for p, choice in enumerate(choices)]
 
 
 def parse_prefix_ladder(text: str, full_dim: int, k: int) -> PrefixLadder | None:
@@ -77,11 +93,13 @@ def parse_prefix_ladder(text: str, full_dim: int, k: int) -> PrefixLadder | None
 
 
 def ladder_over(stages: list[Stage]) -> str:
-    """A funnel's prefix ladder: its first stage tried at 1/8, 1/4 and 1/2 of its prefix first (for
-    binary, in whole bytes); the funnel itself when its first stage is int8 or too short to split."""
+    """A funnel's prefix ladder: its first stage tried at 1/4, 1/2 and 3/4 of its prefix first (for
+    binary, in whole bytes); the funnel itself when its first stage is int8 or too short to split.
+    Quarters rather than 1/8, 1/4, 1/2: the rank rule saved 27.7% against 15.3% of the bytes of the
+    synthetic set's binary@128:300 plan, 33.7% against 30.1% of real MiniLM's 64:1000 (held-out)."""
     first = stages[0]
     step = 8 if first.precision == "binary" else 1
-    shorter = sorted({first.dim // part // step * step for part in (8, 4, 2)} - {0, first.dim})
+    shorter = sorted({first.dim * part // 4 // step * step for part in (1, 2, 3)} - {0, first.dim})
     if first.precision == "int8" or not shorter:
         return ",".join(str(stage) for stage in stages)
     prefix = "" if first.precision == "float" else f"{first.precision}@"
@@ -168,10 +186,10 @@ def prefix_depth_search(
 ) -> tuple[np.ndarray, np.ndarray, list[StageStats], np.ndarray]:
     """Run the ladder; after each prefix but the last, ``decide(queries, first-stage scores, position)``
     says which queries finish the funnel from there. With ``rank_limits`` (``rank_rule.py``) the rank
-    rule decides instead: a rung with a choice ``(width index, limit)`` keeps ``WIDTHS[index]`` times its
-    shortlist, finishes every query still going and stops those whose answer sat within the limit of
-    the shortlist's head; a rung without one is only scanned. Returns top-k scores and rows, stats, and
-    the position that answered each query."""
+    rule decides instead: a rung with a choice ``(option, limit)`` keeps its shortlist as wide and finishes
+    every query still going as ``PrefixLadder.check`` says, and stops those whose answer sat within the
+    limit of the shortlist's head; a rung without one is only scanned. Returns top-k scores and rows,
+    stats, and the position that answered each query."""
     queries = truncate(np.atleast_2d(np.asarray(queries, np.float32)))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
     out_rows = np.full((len(queries), k), -1, np.int64)
@@ -183,12 +201,11 @@ def prefix_depth_search(
         if rank_limits is not None and choice is None and not last:
             continue  # a rung the rank rule passes: the next scan adds its coordinates in the same call
         started = time.perf_counter()
-        keep = ladder.first(dim).keep * (1 if choice is None else WIDTHS[choice[0]])
+        keep, finish = ladder.check(0 if choice is None else choice[0], position)
         first_scores, first_rows, read = scan.extend(dim, keep)
         seconds = time.perf_counter() - started
         name = str(Stage(dim, keep, ladder.stages[0].precision))
         stats.append(StageStats(name, first_rows.shape[1], seconds, read))
-        finish = ladder.stages[1:]
         if choice is not None:  # the rank rule: finish every query, stop those answered from the head
             limit = choice[1]
             scores, rows, later = _finish(index, scan.queries, first_scores, first_rows, finish)
@@ -216,9 +233,9 @@ def prefix_depth_search(
 
 @dataclass
 class LadderCosts:
-    """What the rank rule is fitted on (``rank_rule.fit_rank_limits``): per width in ``WIDTHS``, rung
+    """What the rank rule is fitted on (``rank_rule.fit_rank_limits``): per check option, rung
     and calibration query, the worst answer position and the share of the exact top-k found; bytes
-    scanned up to each rung and of re-ranking one query's shortlist at each width and rung."""
+    scanned up to each rung and of re-ranking one query's shortlist under each option at each rung."""
 
     worst: np.ndarray
     hits: np.ndarray
@@ -234,26 +251,27 @@ def ladder_answers(
     from matryoshka.index.adaptive import without_own_rows
 
     width, count, rungs = calibration.width, len(calibration.queries), len(ladder.dims)
-    last = ladder.stages[-1]
-    stages = [*ladder.stages[1:-1], Stage(last.dim, width, last.precision)] if len(ladder.stages) > 1 else []
     first_parts = []
-    answers = [[[] for _ in ladder.dims] for _ in WIDTHS]
-    shortlists = [[[] for _ in ladder.dims] for _ in WIDTHS]
-    scan_bytes, check_bytes = np.zeros(rungs), np.zeros((len(WIDTHS), rungs))
+    answers = [[[] for _ in ladder.dims] for _ in OPTIONS]
+    shortlists = [[[] for _ in ladder.dims] for _ in OPTIONS]
+    scan_bytes, check_bytes = np.zeros(rungs), np.zeros((len(OPTIONS), rungs))
     for start in range(0, count, QUERY_BLOCK):
         block = truncate(calibration.queries[start : start + QUERY_BLOCK])
         scan = PrefixScan(index, block, ladder)
         for position, dim in enumerate(ladder.dims):
             keep = ladder.first(dim).keep
-            scores, rows, scan_bytes[position] = scan.extend(dim, max(keep * WIDTHS[-1], width))
+            scores, rows, scan_bytes[position] = scan.extend(dim, max(keep * max(WIDTHS), width))
             if position == 0:
                 first_parts.append((scores[:, : max(keep, width)], rows[:, : max(keep, width)]))
-            for wide, factor in enumerate(WIDTHS):
-                shortlist = max(keep * factor, width)
+            for option in range(len(OPTIONS)):
+                kept, stages = ladder.check(option, position)
+                if stages:  # the last stage keeps extra rows for held-in queries
+                    stages = [*stages[:-1], Stage(stages[-1].dim, width, stages[-1].precision)]
+                shortlist = max(kept, width)
                 _, found, later = _finish(index, block, scores[:, :shortlist], rows[:, :shortlist], stages)
-                answers[wide][position].append(found)
-                shortlists[wide][position].append(rows[:, : keep * factor])
-                check_bytes[wide, position] += sum(stat.bytes_read for stat in later) / count
+                answers[option][position].append(found)
+                shortlists[option][position].append(rows[:, :kept])
+                check_bytes[option, position] += sum(stat.bytes_read for stat in later) / count
     first = without_own_rows(
         np.concatenate([s for s, _ in first_parts]), np.concatenate([r for _, r in first_parts]), calibration
     )
