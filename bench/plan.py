@@ -278,7 +278,7 @@ def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> lis
         f"Adaptive depth vs {what} `{fixed.funnel}`: the prefix ladder `{ladder}` scans the"
         f" shortest prefix for every query and extends the scan (adding only the new coordinates)"
         f" for the queries its rule sends on; at its longest prefix it is the fixed plan. Rules"
-        f" trained on the log in {train_s:.1f} s to keep the full ladder's recall (less 0.0025)."
+        f" trained on the log in {train_s:.1f} s to keep the full ladder's recall there."
         " The rank rule may check a rung at a wider shortlist, and quickly: at 64 dims, then the best"
         " 30 rows at full dim (a rung named `16:800,64:30`); each rung is also run as a fixed funnel"
         " for every query, at the rank rule's shortlist and check.",
