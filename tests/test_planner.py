@@ -263,6 +263,18 @@ def test_depth_rules_stop_early_only_where_that_reads_fewer_bytes(answer_bytes):
     assert (model.predicted_depth(queries, first) == (0 if early else 1)).all()
 
 
+def test_depth_rules_never_stop_early_for_a_target_no_setting_keeps():
+    from matryoshka.index.adaptive import fit_rules
+
+    rng = np.random.default_rng(0)
+    truth = np.arange(40 * K).reshape(40, K)
+    half = np.where(np.arange(K) < K // 2, truth, -1)  # every position finds half the exact top-k
+    calibration = Calibration(rng.standard_normal((40, 384)), truth, None, K, "log")
+    first = -np.sort(rng.random((40, 3 * K)), axis=1)
+    model = fit_rules(DepthModel("16|32:100", K, np.inf), first, [half, half], calibration, 0.9, [1.0, 2.0])
+    assert model.margin == np.inf and model.confidence == 1.0
+
+
 def test_without_a_recall_target_near_equal_recall_goes_to_the_fastest():
     from matryoshka.index.planner import Candidate
 

@@ -252,7 +252,8 @@ def fit_rules(
 
     gaps = margins(first, k)[:, model.margin_column]
     thresholds = [*np.sort(np.unique(gaps)), np.inf]  # inf: never stop early
-    model.margin = float(cheapest([(t, np.where(gaps >= t, 0, last)) for t in thresholds]))
+    margin = cheapest([(t, np.where(gaps >= t, 0, last)) for t in thresholds])
+    model.margin = np.inf if margin is None else float(margin)  # none keeps a target above the ladder's
     labels = smallest_exact_stage(stage_rows, calibration.truth, k)
     features = model.features(queries, first)
     if len(np.unique(labels)) < 2:
