@@ -117,7 +117,7 @@ class DepthModel:
     classes: np.ndarray | None = None
     confidence: float = 1.0
     margin_column: int = 1  # which of ``margins`` the rule reads: the k-th vs (k+1)-th gap by default
-    rank_limits: list[list | None] | None = None  # rank rule: (width index, limit) per rung
+    rank_limits: list[list | None] | None = None  # rank rule: (check option, limit) per rung
 
     def margin_rule(self, queries: np.ndarray, scores: np.ndarray, position: int) -> np.ndarray:
         return margins(scores, self.k)[:, self.margin_column] >= self.margin

@@ -134,7 +134,7 @@ def _train_prefix_ladder(
     model = DepthModel(funnel, k, np.inf, margin_column=3)
     costs_in = (costs.worst, costs.hits, costs.scan_bytes, costs.check_bytes)
     model.rank_limits, _ = fit_rank_limits(*costs_in, target)
-    # margin and predictor finish a query at one rung, at the ladder's own shortlist (width index 0)
+    # margin and predictor finish a query at one rung, at the ladder's own shortlist (check option 0)
     answer_bytes = costs.scan_bytes + costs.check_bytes[0]
     return fit_rules(model, first, answers, calibration, target, answer_bytes), ladder.stages
 

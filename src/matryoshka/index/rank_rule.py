@@ -43,24 +43,25 @@ def worst_positions(first_rows: np.ndarray, final_rows: np.ndarray, k: int) -> n
 def ladder_cost(
     choices: tuple[Choice, ...], worst: np.ndarray, scan_bytes: np.ndarray, check_bytes: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query under ``choices`` (one per rung but the last): the rung that answers, the width it
-    answered at, and the bytes read: the scan up to that rung plus the re-ranking of every rung checked.
+    """Per query under ``choices`` (one per rung but the last): the rung that answers, the check option
+    it answered under, and the bytes read: the scan up to that rung plus the re-ranking of every rung
+    checked.
 
     ``worst``: (options, rungs, queries); ``scan_bytes``: (rungs,) bytes scanned up to each rung;
     ``check_bytes``: (options, rungs) bytes of re-ranking one query's shortlist."""
     queries = worst.shape[2]
-    depth, width = np.full(queries, len(scan_bytes) - 1), np.zeros(queries, int)
+    depth, answered_under = np.full(queries, len(scan_bytes) - 1), np.zeros(queries, int)
     read = np.zeros(queries)
     going = np.ones(queries, bool)
     for rung, choice in enumerate(choices):
         if choice is None:
             continue
-        wide, limit = choice
-        read[going] += check_bytes[wide, rung]
-        stop = going & (worst[wide, rung] <= limit)
-        depth[stop], width[stop], going = rung, wide, going & ~stop
+        option, limit = choice
+        read[going] += check_bytes[option, rung]
+        stop = going & (worst[option, rung] <= limit)
+        depth[stop], answered_under[stop], going = rung, option, going & ~stop
     read[going] += check_bytes[0, -1]
-    return depth, width, read + scan_bytes[depth]
+    return depth, answered_under, read + scan_bytes[depth]
 
 
 def fit_rank_limits(
