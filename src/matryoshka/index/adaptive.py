@@ -33,6 +33,7 @@ from matryoshka.index.search import Stage, StageStats, rerank, scan
 
 if TYPE_CHECKING:
     from matryoshka.index.planner import Calibration
+    from matryoshka.index.rank_rule import StopModel
     from matryoshka.index.store import Store
 
 PREFIX_FEATURES = 32
@@ -118,6 +119,7 @@ class DepthModel:
     confidence: float = 1.0
     margin_column: int = 1  # which of ``margins`` the rule reads: the k-th vs (k+1)-th gap by default
     rank_limits: list[list | None] | None = None  # rank rule: (check option, limit) per rung
+    stop_model: StopModel | None = None  # rank rule: the chance of a miss the limits apply to
 
     def margin_rule(self, queries: np.ndarray, scores: np.ndarray, position: int) -> np.ndarray:
         return margins(scores, self.k)[:, self.margin_column] >= self.margin
@@ -153,11 +155,14 @@ class DepthModel:
             weights=self.weights,
             bias=self.bias,
             classes=self.classes,
+            **(self.stop_model.arrays() if self.stop_model else {}),
         )
         return PREDICTOR_FILE
 
     @classmethod
     def load(cls, root: Path, record: dict) -> DepthModel:
+        from matryoshka.index.rank_rule import StopModel
+
         model = cls(record["funnel"], record["k"], record["margin"], confidence=record["confidence"])
         model.margin_column = record.get("margin_column", 1)
         model.rank_limits = record.get("rank_limits")
@@ -166,6 +171,7 @@ class DepthModel:
             raise MatryoshkaError(f"index {root} is damaged: missing {path.name}")
         with np.load(path) as saved:
             model.weights, model.bias, model.classes = saved["weights"], saved["bias"], saved["classes"]
+            model.stop_model = StopModel.from_arrays(saved)
         return model
 
     def record(self, predictor: str) -> dict:

@@ -218,7 +218,8 @@ class MatryoshkaIndex:
         funnel: str | None = None,
         target_recall: float | None = None,
     ) -> DepthModel:
-        """Fit per-query depth (margin rule and predictor) on held-out queries; saved with the index."""
+        """Fit per-query depth (margin, predictor and rank rules) on up to ``DEPTH_QUERIES`` (1000) logged
+        queries, or held-in rows when none are given; saved with the index."""
         from matryoshka.index.planned import train
 
         model, _ = train(self, k, None if queries is None else self.rotated(queries), funnel, target_recall)

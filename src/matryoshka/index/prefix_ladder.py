@@ -22,7 +22,7 @@ from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import recall_per_query
 from matryoshka.index.funnel import parse_funnel
-from matryoshka.index.rank_rule import CHECK_DIM, CHECK_KEEP, OPTIONS, WIDTHS, worst_positions
+from matryoshka.index.rank_rule import CHECK_DIM, CHECK_KEEP, OPTIONS, WIDTHS, StopModel, stop_features
 from matryoshka.index.search import Stage, StageStats, few_threads, rerank, top_k
 
 if TYPE_CHECKING:
@@ -183,12 +183,13 @@ def prefix_depth_search(
     k: int,
     decide: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
     rank_limits: list[list | None] | None = None,
+    stop_model: StopModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[StageStats], np.ndarray]:
     """Run the ladder; after each prefix but the last, ``decide(queries, first-stage scores, position)``
     says which queries finish the funnel from there. With ``rank_limits`` (``rank_rule.py``) the rank
     rule decides instead: a rung with a choice ``(option, limit)`` keeps its shortlist as wide and finishes
-    every query still going as ``PrefixLadder.check`` says, and stops those whose answer sat within the
-    limit of the shortlist's head; a rung without one is only scanned. Returns top-k scores and rows,
+    every query still going as ``PrefixLadder.check`` says, and stops those whose chance of a miss
+    (``stop_model``) is within the limit; a rung without one is only scanned. Returns top-k scores and rows,
     stats, and the position that answered each query."""
     queries = truncate(np.atleast_2d(np.asarray(queries, np.float32)))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -207,9 +208,11 @@ def prefix_depth_search(
         name = str(Stage(dim, keep, ladder.stages[0].precision))
         stats.append(StageStats(name, first_rows.shape[1], seconds, read))
         if choice is not None:  # the rank rule: finish every query, stop those answered from the head
-            limit = choice[1]
+            assert stop_model is not None, "the rank rule needs its stop model"
+            option, limit = choice
             scores, rows, later = _finish(index, scan.queries, first_scores, first_rows, finish)
-            stop = worst_positions(first_rows, rows, k) <= limit
+            features = stop_features(first_scores, first_rows, rows, k)
+            stop = stop_model.missed(option, position, features) <= limit
             scores, rows = scores[stop], rows[stop]
         else:
             stop = np.ones(len(active), bool) if last else decide(scan.queries, first_scores, position)
@@ -233,11 +236,11 @@ def prefix_depth_search(
 
 @dataclass
 class LadderCosts:
-    """What the rank rule is fitted on (``rank_rule.fit_rank_limits``): per check option, rung
-    and calibration query, the worst answer position and the share of the exact top-k found; bytes
-    scanned up to each rung and of re-ranking one query's shortlist under each option at each rung."""
+    """What the rank rule is fitted on (``rank_rule``): per check option, rung and calibration query,
+    the stop features and the share of the exact top-k found; bytes scanned up to each rung and of
+    re-ranking one query's shortlist under each option at each rung."""
 
-    worst: np.ndarray
+    features: np.ndarray
     hits: np.ndarray
     scan_bytes: np.ndarray
     check_bytes: np.ndarray
@@ -270,20 +273,22 @@ def ladder_answers(
                 shortlist = max(kept, width)
                 _, found, later = _finish(index, block, scores[:, :shortlist], rows[:, :shortlist], stages)
                 answers[option][position].append(found)
-                shortlists[option][position].append(rows[:, :kept])
+                shortlists[option][position].append((scores[:, :kept], rows[:, :kept]))
                 check_bytes[option, position] += sum(stat.bytes_read for stat in later) / count
     first = without_own_rows(
         np.concatenate([s for s, _ in first_parts]), np.concatenate([r for _, r in first_parts]), calibration
     )
     answers = [[calibration.answers(np.concatenate(parts)) for parts in per_width] for per_width in answers]
     k, truth = calibration.k, calibration.truth
-    worst = [
-        [
-            worst_positions(np.concatenate(rows), found, k)
-            for rows, found in zip(lists, found_lists, strict=True)
-        ]
+
+    def features(parts: list[tuple[np.ndarray, np.ndarray]], found: np.ndarray) -> np.ndarray:
+        scores, rows = np.concatenate([s for s, _ in parts]), np.concatenate([r for _, r in parts])
+        return stop_features(without_own_rows(scores, rows, calibration), rows, found, k)
+
+    stops = [
+        [features(parts, found) for parts, found in zip(lists, found_lists, strict=True)]
         for lists, found_lists in zip(shortlists, answers, strict=True)
     ]
     hits = [[recall_per_query(found, truth, k) for found in found_lists] for found_lists in answers]
-    costs = LadderCosts(np.array(worst), np.array(hits), np.cumsum(scan_bytes), check_bytes)
+    costs = LadderCosts(np.array(stops), np.array(hits), np.cumsum(scan_bytes), check_bytes)
     return first, answers[0], costs
