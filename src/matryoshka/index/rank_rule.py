@@ -26,7 +26,7 @@ costs little.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import product
 
 import numpy as np
@@ -74,14 +74,14 @@ class StopModel:
         return 1 / (1 + np.exp(np.clip(logit, -50, 50)))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {f"stop_{name}": getattr(self, name) for name in ("center", "scale", "coef", "intercept")}
+        return {f"stop_{field.name}": getattr(self, field.name) for field in fields(self)}
 
     @classmethod
     def from_arrays(cls, saved) -> StopModel | None:
-        names = ("center", "scale", "coef", "intercept")
-        if any(f"stop_{name}" not in saved for name in names):
+        names = [f"stop_{field.name}" for field in fields(cls)]
+        if any(name not in saved for name in names):
             return None  # saved before the stop model: the rank rule needs retraining
-        return cls(*(saved[f"stop_{name}"] for name in names))
+        return cls(*(saved[name] for name in names))
 
 
 def _fit_logistic(features: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -111,7 +111,8 @@ def fit_stop_model(features: np.ndarray, hits: np.ndarray) -> tuple[StopModel, n
             [_fit_logistic(features[o, r, columns], kept[o, r, columns]) for r in range(rungs - 1)]
             for o in range(options)
         ]
-        return StopModel(*(np.array([[part[i] for part in row] for row in parts]) for i in range(4)))
+        arrays = range(len(fields(StopModel)))  # _fit_logistic returns one part of each, in field order
+        return StopModel(*(np.array([[part[i] for part in row] for row in parts]) for i in arrays))
 
     def chances(model: StopModel, columns: np.ndarray) -> np.ndarray:
         return np.array(
