@@ -21,7 +21,9 @@ def plan(
     k: int = typer.Option(10, "-k", "--k", min=1, help="Results per query."),
     vectors: int | None = typer.Option(None, "--vectors", help="Before a build: planned vector count."),
     queries: Path | None = typer.Option(None, "--queries", help="Query log (.npy full-dim vectors)."),
-    sample: int = typer.Option(200, "--sample", min=10, help="Calibration queries to measure on."),
+    sample: int | None = typer.Option(
+        None, "--sample", min=10, help="Calibration queries to measure on [default: 1000]."
+    ),
 ) -> None:
     """Measure candidate funnels on the index's own data and save the best within the budgets; with
     --vectors N --memory-gb G (no index), size the RAM tier of a future index instead."""

@@ -188,11 +188,11 @@ class MatryoshkaIndex:
         k: int = DEFAULT_K,
         queries: np.ndarray | None = None,
         save: bool = True,
-        sample: int = 200,
+        sample: int | None = None,
     ) -> Plan:
         """Measure candidate funnels on a calibration sample (``queries``: a query log) and choose
-        within the budgets (``sample`` calibration queries); saved in the manifest. Prefixes the plan
-        does not hold leave RAM."""
+        within the budgets (``sample`` calibration queries, by default ``planner.CALIBRATION_QUERIES``);
+        saved in the manifest. Prefixes the plan does not hold leave RAM."""
         from matryoshka.index.planned import new_plan
 
         queries = None if queries is None else self.rotated(queries)

@@ -211,6 +211,7 @@ def new_plan(
     latency_ms: float | None,
     recall: float | None,
     queries: np.ndarray | None,
-    sample: int,
+    sample: int | None,
 ) -> Plan:
-    return make_plan(index.store, index.resident, k, memory_gb, latency_ms, recall, queries, sample=sample)
+    sized = {} if sample is None else {"sample": sample}
+    return make_plan(index.store, index.resident, k, memory_gb, latency_ms, recall, queries, **sized)
