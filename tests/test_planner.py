@@ -13,7 +13,7 @@ from matryoshka.index import MatryoshkaIndex, Stage, exact_search
 from matryoshka.index.adaptive import DepthModel, budget_ladder, budget_search
 from matryoshka.index.capacity import best_option, bytes_per_vector, capacity_options
 from matryoshka.index.funnel import stages_text
-from matryoshka.index.planner import Calibration, PlanError, choose, pareto_frontier
+from matryoshka.index.planner import CALIBRATION_QUERIES, Calibration, PlanError, choose, pareto_frontier
 from matryoshka.index.prefix_ladder import parse_prefix_ladder, rung_name
 from matryoshka.index.rank_rule import OPTIONS
 
@@ -137,6 +137,8 @@ def test_plan_goes_stale_when_the_index_grows(tmp_path, data):
     assert index.saved_plan()[1] is False
     index.add(extra[:300])
     assert index.saved_plan()[1] is True
+    remade = index.plan(k=K)  # re-made on demand, at the default sample
+    assert remade.calibration == f"{CALIBRATION_QUERIES} held-in rows" and index.saved_plan()[1] is False
 
 
 def test_latency_budget_never_answers_much_later_than_the_budget(planned, data):
