@@ -22,7 +22,14 @@ from matryoshka.index.adaptive import (
     train_depth_model,
 )
 from matryoshka.index.funnel import parse_funnel
-from matryoshka.index.planner import Candidate, Plan, calibration_sample, choose, make_plan
+from matryoshka.index.planner import (
+    CALIBRATION_QUERIES,
+    Candidate,
+    Plan,
+    calibration_sample,
+    choose,
+    make_plan,
+)
 from matryoshka.index.prefix_ladder import (
     PrefixLadder,
     ladder_answers,
@@ -213,5 +220,5 @@ def new_plan(
     queries: np.ndarray | None,
     sample: int | None,
 ) -> Plan:
-    sized = {} if sample is None else {"sample": sample}
-    return make_plan(index.store, index.resident, k, memory_gb, latency_ms, recall, queries, **sized)
+    sample = CALIBRATION_QUERIES if sample is None else sample
+    return make_plan(index.store, index.resident, k, memory_gb, latency_ms, recall, queries, sample=sample)
