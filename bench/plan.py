@@ -32,7 +32,6 @@ import numpy as np
 from matryoshka.dims import truncate
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, exact_search
-from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.planned import DEPTH_QUERIES, run_candidate
 from matryoshka.index.planner import (
     GB,
@@ -51,6 +50,7 @@ from matryoshka.index.prefix_ladder import (
     rung_names,
 )
 from matryoshka.index.rotation import fit_rotation
+from matryoshka.index.stages import parse_funnel
 from report import hardware, markdown_table, write_section
 from search_data import synthetic_vectors
 

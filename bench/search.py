@@ -32,8 +32,9 @@ import numpy as np
 
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex
-from matryoshka.index.funnel import funnel_cost, parse_funnel
+from matryoshka.index.funnel import funnel_cost
 from matryoshka.index.rotation import fit_rotation
+from matryoshka.index.stages import parse_funnel
 from report import hardware, markdown_table, write_section
 from search_data import SEED, real_texts, synthetic_vectors
 

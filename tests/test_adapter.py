@@ -3,11 +3,12 @@ import pytest
 from typer.testing import CliRunner
 
 from matryoshka import Encoder, MatryoshkaError, truncate
+from matryoshka.adapter import Adapter
 from matryoshka.cli import app
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index.search import exact_search
 from matryoshka.models import ADAPTER_FILE
-from matryoshka.train.adapter import Adapter, fit_adapter, sentence_queries
+from matryoshka.train.adapter import fit_adapter, sentence_queries
 
 PREFIX_DIMS = (256, 128, 64, 32, 16, 8)
 

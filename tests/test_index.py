@@ -13,7 +13,7 @@ import pytest
 from matryoshka import DimensionError, MatryoshkaError, truncate
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, Stage, exact_search
-from matryoshka.index.funnel import parse_funnel
+from matryoshka.index.stages import parse_funnel
 
 K = 10
 QUERIES = 40

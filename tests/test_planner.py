@@ -12,10 +12,10 @@ from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, Stage, exact_search
 from matryoshka.index.adaptive import DepthModel, budget_ladder, budget_search
 from matryoshka.index.capacity import best_option, bytes_per_vector, capacity_options
-from matryoshka.index.funnel import stages_text
 from matryoshka.index.planner import CALIBRATION_QUERIES, Calibration, PlanError, choose, pareto_frontier
 from matryoshka.index.prefix_ladder import parse_prefix_ladder, rung_name
 from matryoshka.index.rank_rule import OPTIONS
+from matryoshka.index.stages import stages_text
 
 K = 10
 ROWS = 3000

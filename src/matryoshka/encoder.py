@@ -23,7 +23,7 @@ from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes, to_binary, t
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from matryoshka.train.adapter import Adapter
+    from matryoshka.adapter import Adapter
 
 Embeddings = np.ndarray | Int8Codes | BinaryCodes
 PROGRESS_MIN_TEXTS = 1000  # inputs at least this long get a progress bar
@@ -87,8 +87,8 @@ class Encoder:
 
     def _load_adapter(self, adapter: str | os.PathLike | Adapter | bool | None) -> Adapter | None:
         """The given adapter, else the one saved in the model directory; refused if fitted elsewhere."""
+        from matryoshka.adapter import Adapter
         from matryoshka.models import ADAPTER_FILE
-        from matryoshka.train.adapter import Adapter
 
         if adapter is False:
             return None

@@ -18,7 +18,7 @@ adapt = typer.Typer(
 
 def load_npy(path: Path, what: str = "vectors") -> np.ndarray:
     """A 2-D array from a ``.npy`` file, or a clear error."""
-    from matryoshka.train.adapter import check_vectors
+    from matryoshka.adapter import check_vectors
 
     try:
         array = np.load(path, allow_pickle=False)
@@ -65,7 +65,8 @@ def fit(
     threads: int = typer.Option(1, "--threads", min=1),
 ) -> None:
     """Fit an adapter so that prefixes of the adapted vectors keep the full-dim neighbours."""
-    from matryoshka.train.adapter import KINDS, fit_adapter, sentence_queries
+    from matryoshka.adapter import KINDS
+    from matryoshka.train.adapter import fit_adapter, sentence_queries
 
     if kind not in KINDS:
         raise MatryoshkaError(f"unknown adapter kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -114,7 +115,7 @@ def apply(
     model: str | None = typer.Option(None, "--model", "-m", help="Refuse unless fitted for this model."),
 ) -> None:
     """Transform vectors computed elsewhere (an API's, say) with a fitted adapter."""
-    from matryoshka.train.adapter import Adapter
+    from matryoshka.adapter import Adapter
 
     adapter = Adapter.load(adapter_path)
     if model is not None:

@@ -124,7 +124,7 @@ def build(
 
 
 def funnel_text(stages) -> str:
-    from matryoshka.index.funnel import stages_text
+    from matryoshka.index.stages import stages_text
 
     return stages_text(stages)
 

@@ -40,7 +40,7 @@ def fit_pca(fit_vectors: np.ndarray) -> Transform:
     The rotation is the adapter module's (one PCA in the toolkit); it keeps every dim even when fitted
     on fewer vectors than dims (the extra axes carry no variance).
     """
-    from matryoshka.train.adapter import pca_rotation
+    from matryoshka.adapter import pca_rotation
 
     mean, axes = pca_rotation(np.asarray(fit_vectors, dtype=np.float64))
     return lambda vectors: ((np.asarray(vectors, dtype=np.float64) - mean) @ axes).astype(np.float32)

@@ -29,7 +29,8 @@ import numpy as np
 from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import recall_at_k
-from matryoshka.index.search import Stage, StageStats, rerank, scan
+from matryoshka.index.search import rerank, scan
+from matryoshka.index.stages import Stage, StageStats
 
 if TYPE_CHECKING:
     from matryoshka.index.planner import Calibration
@@ -212,7 +213,7 @@ def train_depth_model(
 ) -> DepthModel:
     """Fit the margin threshold and the predictor on the calibration sample so each rule keeps
     recall@k at least ``target_recall``, while stopping as early as that allows."""
-    from matryoshka.index.funnel import stages_text
+    from matryoshka.index.stages import stages_text
 
     k = calibration.k
     queries = calibration.queries

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +16,10 @@ import numpy as np
 
 from matryoshka.errors import DimensionError, MatryoshkaError
 from matryoshka.index import writer
-from matryoshka.index.funnel import calibrate_funnel, parse_funnel, precision_cascade, stages_text
+from matryoshka.index.funnel import calibrate_funnel, precision_cascade
 from matryoshka.index.rotation import check_rotation, load_rotation, save_rotation
-from matryoshka.index.search import Stage, StageStats, funnel_search, load_prefix
+from matryoshka.index.search import funnel_search, load_prefix
+from matryoshka.index.stages import SearchResult, Stage, StageStats, parse_funnel, query_vectors, stages_text
 from matryoshka.index.store import DEFAULT_BOUNDARIES, Store, write_manifest
 
 if TYPE_CHECKING:
@@ -29,44 +28,6 @@ if TYPE_CHECKING:
     from matryoshka.index.planner import Plan
 
 DEFAULT_K = 10
-
-
-Records = Callable[[], tuple[list[list[str]], list[list[str | None]]]]
-
-
-@dataclass
-class SearchResult:
-    """Per query: final-stage scores and row numbers (``-1`` pads), best first, and the ``ids`` and
-    ``texts`` of those rows; per stage: rows kept, time, bytes read.
-
-    ``ids`` and ``texts`` are looked up when first read (``records``), not during the search: a caller
-    that wants only scores and row numbers, as from a faiss search, skips the lookups (22 of 369 us
-    per query, one 100k-row binary funnel at a time)."""
-
-    scores: np.ndarray
-    rows: np.ndarray
-    records: Records = field(repr=False, compare=False)
-    stages: list[StageStats] = field(default_factory=list)
-    funnel: str = ""
-    answered: list[str] = field(default_factory=list)  # per query, the stage whose ranking answered
-
-    @cached_property
-    def _records(self) -> tuple[list[list[str]], list[list[str | None]]]:
-        return self.records()
-
-    def fetched(self) -> SearchResult:
-        """This result with its ids and texts looked up now (the index's SQLite connection serves the
-        thread that opened it, so a result leaving that thread fetches first)."""
-        self._records  # noqa: B018 - the lookup is the point
-        return self
-
-    @property
-    def ids(self) -> list[list[str]]:
-        return self._records[0]
-
-    @property
-    def texts(self) -> list[list[str | None]]:
-        return self._records[1]
 
 
 class MatryoshkaIndex:
@@ -405,19 +366,3 @@ def _encoder(model: str | os.PathLike) -> Encoder:
     from matryoshka.encoder import Encoder
 
     return Encoder(model)
-
-
-def query_vectors(
-    queries: str | Sequence[str] | np.ndarray, full_dim: int, encoder: Callable[[], Encoder]
-) -> np.ndarray:
-    """Full-dim float32 query vectors: given vectors checked against the index's dim, texts encoded
-    with the index's model (``encoder`` is called only when there are texts, so it may load lazily)."""
-    if isinstance(queries, np.ndarray):
-        vectors = np.atleast_2d(queries).astype(np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != full_dim:
-            raise DimensionError(f"query vectors have {vectors.shape[-1]} dims, the index holds {full_dim}")
-        return vectors
-    texts = [queries] if isinstance(queries, str) else list(queries)
-    if not texts:
-        raise MatryoshkaError("no queries given")
-    return encoder().encode_full(texts)

@@ -14,37 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import MatryoshkaError
-from matryoshka.index.search import PRECISION_NAMES, Stage
+from matryoshka.index.stages import PRECISION_NAMES, Stage, parse_funnel
 
 if TYPE_CHECKING:
     from matryoshka.index.store import Store
 
 CALIBRATION_QUERIES = 100  # the quick default; the planner samples more
 TARGET_RECALL = 0.99
-
-
-def parse_funnel(text: str, full_dim: int, k: int) -> list[Stage]:
-    """``"32:1000,128:100"`` (each ``[precision@]dim:keep``, dim may be ``full``) -> stages ending at
-    full:k."""
-    stages = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        precision, _, rest = part.rpartition("@")
-        dim_text, _, keep_text = rest.partition(":")
-        try:
-            dim = full_dim if dim_text == "full" else int(dim_text)
-            keep = int(keep_text) if keep_text else k
-        except ValueError:
-            raise MatryoshkaError(f"bad funnel stage {part!r}: expected DIM:KEEP, e.g. 32:1000") from None
-        if (precision or "float") not in PRECISION_NAMES:
-            raise MatryoshkaError(f"bad funnel stage {part!r}: precision must be one of {PRECISION_NAMES}")
-        if keep < 1:
-            raise MatryoshkaError(f"bad funnel stage {part!r}: keep must be at least 1")
-        stages.append(Stage(dim, keep, precision or "float"))
-    if not stages:
-        raise MatryoshkaError(f"empty funnel {text!r}")
-    if (stages[-1].dim, stages[-1].precision) != (full_dim, "float"):
-        stages.append(Stage(full_dim, k))
-    return [*stages[:-1], Stage(stages[-1].dim, k, stages[-1].precision)]
 
 
 def precision_cascade(names: str, store: Store, k: int) -> list[Stage]:
@@ -59,10 +35,6 @@ def precision_cascade(names: str, store: Store, k: int) -> list[Stage]:
     }
     keeps = [k * 10 ** (len(parts) - 1 - i) for i in range(len(parts))]
     return [Stage(code_dims[p], keep, p) for p, keep in zip(parts, keeps, strict=True)]
-
-
-def stages_text(stages: list[Stage]) -> str:
-    return ",".join(str(s) for s in stages)
 
 
 CODE_BYTES = {"float": 4.0, "int8": 1.0, "binary": 1 / 8}  # per coordinate of a first-stage scan

@@ -14,7 +14,7 @@ import numpy as np
 from matryoshka.errors import MatryoshkaError
 
 if TYPE_CHECKING:
-    from matryoshka.index.search import Stage
+    from matryoshka.index.stages import Stage
 
 
 def _faiss():

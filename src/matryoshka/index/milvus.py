@@ -22,12 +22,11 @@ import numpy as np
 
 from matryoshka.dims import truncate, validate_dim
 from matryoshka.errors import DimensionError, MatryoshkaError
-from matryoshka.index.funnel import parse_funnel, stages_text
-from matryoshka.index.search import Stage, StageStats, top_k
+from matryoshka.index.search import top_k
+from matryoshka.index.stages import SearchResult, Stage, StageStats, parse_funnel, query_vectors, stages_text
 
 if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
-    from matryoshka.index.api import SearchResult
 
 DEFAULT_URI = "./vectors.db"
 DEFAULT_COLLECTION = "matryoshka"
@@ -412,12 +411,9 @@ class MilvusIndex:
         return ids, scores, 0
 
     def _query_vectors(self, queries: str | Sequence[str] | np.ndarray) -> np.ndarray:
-        from matryoshka.index.api import query_vectors
-
         return query_vectors(queries, self.full_dim, lambda: self.encoder)
 
     def _result(self, ids: list[list[str]], scores: list[list[float]], k: int, stats, stages) -> SearchResult:
-        from matryoshka.index.api import SearchResult
 
         ids = [query_ids[:k] for query_ids in ids]
         width = max(map(len, ids), default=0)

@@ -21,7 +21,6 @@ from matryoshka.index.adaptive import (
     fit_rules,
     train_depth_model,
 )
-from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.planner import (
     CALIBRATION_QUERIES,
     Candidate,
@@ -39,7 +38,8 @@ from matryoshka.index.prefix_ladder import (
     rung_names,
 )
 from matryoshka.index.rank_rule import fit_rank_limits, fit_stop_model
-from matryoshka.index.search import Stage, StageStats, funnel_search
+from matryoshka.index.search import funnel_search
+from matryoshka.index.stages import Stage, StageStats, parse_funnel
 
 if TYPE_CHECKING:
     from matryoshka.index.api import MatryoshkaIndex

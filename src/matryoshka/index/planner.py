@@ -19,7 +19,8 @@ import numpy as np
 
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import recall_per_query
-from matryoshka.index.search import Stage, funnel_search, load_prefix, rerank, scan
+from matryoshka.index.search import funnel_search, load_prefix, rerank, scan
+from matryoshka.index.stages import Stage
 
 if TYPE_CHECKING:
     from matryoshka.index.store import Store
@@ -52,7 +53,7 @@ class Candidate:
     recall_error: float = 0.0  # half-width of the 95% interval of ``recall`` over the sample's queries
 
     def stages(self, full_dim: int, k: int) -> list[Stage]:
-        from matryoshka.index.funnel import parse_funnel
+        from matryoshka.index.stages import parse_funnel
 
         return parse_funnel(self.funnel, full_dim, k)
 
@@ -208,7 +209,7 @@ def measure(
     batch scan at their widest shortlist, then run their later stages per query), and its median
     latency over ``timing_queries`` whole single-query searches, timed round-robin (every candidate in
     turn, each on another query) so a change in machine load hits every candidate alike."""
-    from matryoshka.index.funnel import stages_text
+    from matryoshka.index.stages import stages_text
 
     groups: dict[tuple, list[list[Stage]]] = {}
     for stages, resident in candidates or candidate_funnels(store, calibration.k):

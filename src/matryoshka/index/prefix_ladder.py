@@ -21,9 +21,9 @@ import numpy as np
 from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import recall_per_query
-from matryoshka.index.funnel import parse_funnel
 from matryoshka.index.rank_rule import CHECK_DIM, CHECK_KEEP, OPTIONS, WIDTHS, StopModel, stop_features
-from matryoshka.index.search import Stage, StageStats, few_threads, rerank, top_k
+from matryoshka.index.search import few_threads, rerank, top_k
+from matryoshka.index.stages import Stage, StageStats, parse_funnel
 
 if TYPE_CHECKING:
     from matryoshka.index.api import MatryoshkaIndex

@@ -26,7 +26,7 @@ ORTHOGONAL_TOLERANCE = 1e-3
 
 def fit_rotation(vectors: np.ndarray, sample: int = FIT_SAMPLE, seed: int = 0) -> np.ndarray:
     """Mean-last principal axes of up to ``sample`` rows of ``vectors`` (float32, full x full)."""
-    from matryoshka.train.adapter import mean_last_rotation
+    from matryoshka.adapter import mean_last_rotation
 
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) < 2:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from matryoshka.dims import truncate, validate_dim
 from matryoshka.errors import DimensionError
+from matryoshka.index.stages import Stage, StageStats
 from matryoshka.quantize import BinaryCodes, Int8Codes, score
 
 if TYPE_CHECKING:
@@ -52,32 +52,8 @@ def exact_search(
 # prefix dim in one precision, and keeps the best ``keep``. Prefix scores follow ``truncate``: the query
 # prefix and each row's prefix are re-normalised, so a stage at dim d ranks like exact_search(dim=d).
 
-PRECISION_NAMES = ("float", "int8", "binary")
 SCAN_ROWS = 262144  # rows scored per block in a full scan: bounds the (queries x rows) matrix
 CODE_SCAN_ROWS = 32768  # int8 and binary blocks are decoded to float32 before scoring
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of a funnel: score at ``dim`` in ``precision``, keep the best ``keep`` rows."""
-
-    dim: int
-    keep: int
-    precision: str = "float"
-
-    def __str__(self) -> str:
-        prefix = "" if self.precision == "float" else f"{self.precision}@"
-        return f"{prefix}{self.dim}:{self.keep}"
-
-
-@dataclass
-class StageStats:
-    """What one stage of a search did: rows it kept per query, seconds, bytes of vectors or codes read."""
-
-    stage: str
-    kept: int
-    seconds: float
-    bytes_read: int
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 from matryoshka.encoder import Encoder
 from matryoshka.errors import MatryoshkaError
 from matryoshka.index import MatryoshkaIndex, Stage
-from matryoshka.index.funnel import parse_funnel, stages_text
+from matryoshka.index.stages import parse_funnel, stages_text
 
 DEFAULT_K = 10
 

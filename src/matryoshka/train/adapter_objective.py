@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from matryoshka.train.adapter import Adapter, mean_last_rotation, pca_rotation
+from matryoshka.adapter import Adapter, mean_last_rotation, pca_rotation
 
 EXACT_NEIGHBOURS_MAX = 200_000  # above this many corpus vectors, neighbours come from an IVF index
 

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from matryoshka.adapter import Adapter
 from matryoshka.errors import MatryoshkaError
-from matryoshka.train.adapter import Adapter, fit_adapter, sentence_queries
+from matryoshka.train.adapter import fit_adapter, sentence_queries
 from matryoshka.train.data import TrainingData
 from matryoshka.train.model import append_linear
 
