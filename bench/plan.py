@@ -1,13 +1,11 @@
-"""Budget planner and adaptive depth, predicted beside measured, in one run; writes docs/benchmarks.md.
+"""Budget planner, predicted beside measured, in one run; writes docs/benchmarks.md.
 
 For each set (bench/search_data.py): build an index, plan once on a *query log* (the first
 ``LOG_QUERIES`` queries; the planner measures every candidate funnel on it), choose a plan
 for each budget point from that measurement, then run each chosen plan on the *other* held-out
 queries (never seen by the planner) and report predicted beside measured recall@10 and median
 single-query latency. Latency is measured on the same search path the planner times (funnel stages,
-no id/text lookup). Adaptive depth is trained on the start of the same log and compared with the
-fixed plan at the 0.95 recall point: bytes read per query, QPS (one query at a time) and recall.
-"real-rotated" is the real set through the rotation an index built with `--rotate` stores
+no id/text lookup). "real-rotated" is the real set through the rotation an index built with `--rotate` stores
 (`index/rotation.py`).
 
     PYTHONPATH=src:bench python bench/plan.py [--sets real,real-rotated,synthetic]
@@ -29,35 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from matryoshka.dims import truncate
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, exact_search
-from matryoshka.index.planned import DEPTH_QUERIES, run_candidate
-from matryoshka.index.planner import (
-    GB,
-    Calibration,
-    PlanError,
-    calibration_sample,
-    choose,
-    measure,
-    pareto_frontier,
-)
-from matryoshka.index.prefix_ladder import (
-    ladder_answers,
-    ladder_over,
-    parse_prefix_ladder,
-    rung_name,
-    rung_names,
-)
+from matryoshka.index.planner import GB, PlanError, calibration_sample, choose, measure, pareto_frontier
 from matryoshka.index.rotation import fit_rotation
-from matryoshka.index.stages import parse_funnel
 from report import hardware, markdown_table, write_section
 from search_data import synthetic_vectors
 
 K = 10
 # a prediction from n logged queries measured on m others strays by about 0.13 * sqrt(1/n + 1/m) at
 # recall 0.9 (per-query recall spread 0.13): 0.004 here, so the 0.01 bar is 2.4 of those, not 1 (200 + 800)
-LOG_QUERIES = 2000  # the per-query depth rules train on its first planned.DEPTH_QUERIES (1000)
+LOG_QUERIES = 2000
 HELD_OUT = 2000
 ADD_ROWS = 100_000
 
@@ -126,12 +106,10 @@ def run_set(name: str, corpus: np.ndarray, queries: np.ndarray, lines: list[str]
                 rows.append([label, str(error), "", "", "", "", "", "", ""])
                 continue
             chosen_at[label] = chosen
-            _, found, _, _ = run_candidate(index, held_out, chosen, K, K)
+            found = index.search(held_out, K, funnel=chosen).rows
             recall = recall_at_k(found, exact, K)
             inside += abs(recall - chosen.recall) <= chosen.recall_error
-            latency, _ = median_latency_ms(
-                lambda q, c=chosen: run_candidate(index, q, c, K, K), held_out[:200]
-            )
+            latency, _ = median_latency_ms(lambda q, c=chosen: index.search(q, K, funnel=c), held_out[:200])
             rows.append(
                 [
                     label,
@@ -174,133 +152,6 @@ def run_set(name: str, corpus: np.ndarray, queries: np.ndarray, lines: list[str]
             ),
             "",
         ]
-        fixed = chosen_at.get("recall 0.95")
-        if fixed is None:
-            lines += ["Adaptive depth: skipped (no plan at recall 0.95).", ""]
-            return
-        floats = [c for c in measured if not c.funnel.startswith(("binary", "int8")) and "," in c.funnel]
-        fixed_float = choose(floats, recall=0.95)
-        depth_log = log[:DEPTH_QUERIES]  # what train_adaptive fits on, so that the text says so
-        lines += adaptive_section(name, index, fixed, "the 0.95 plan", depth_log, held_out, exact)
-        if fixed_float.funnel != fixed.funnel:
-            what = "the fastest plan with a float first stage at 0.95"
-            lines += adaptive_section(name, index, fixed_float, what, depth_log, held_out, exact)
-
-
-def oracle_row(index, ladder, held_out, exact, bar: float) -> list[str] | None:
-    """The bound on any per-query rule over ``ladder`` at recall ``bar``: each held-out query answered
-    at the rung and check option (``rank_rule.OPTIONS``) that minimises bytes - price * hits, knowing
-    its hits in advance (so only that rung's re-ranking is paid), at the lowest price whose mean recall
-    reaches the bar. At that price no assignment of queries to rungs reads fewer bytes and finds as many hits.
-    Bytes are the ladder's own counts (``ladder_answers``), which equal a search's for the fixed plan."""
-    if ladder is None:
-        return None
-    calibration = Calibration(truncate(held_out), exact[:, :K], None, K, "held-out queries")  # same truth
-    _, _, costs = ladder_answers(index, calibration, ladder)
-    options, rungs, count = costs.hits.shape
-    hits = costs.hits.reshape(-1, count)
-    cost = np.broadcast_to((costs.scan_bytes[None] + costs.check_bytes)[..., None], costs.hits.shape)
-    cost = cost.reshape(-1, count)
-    columns = np.arange(count)
-    for price in np.geomspace(1e3, 1e10, 141):  # bytes one more exact hit is worth
-        best = (cost - price * K * hits).argmin(axis=0)
-        if hits[best, columns].mean() >= bar:
-            break
-    read, recall = cost[best, columns], hits[best, columns].mean()
-    labels = [rung_name(ladder, r, o) for o, r in zip(*np.unravel_index(best, (options, rungs)), strict=True)]
-    shares, counts = np.unique(labels, return_counts=True)
-    answered = ", ".join(f"{n}: {c / count:.0%}" for n, c in zip(shares, counts, strict=True))
-    mean_read = f"{read.mean() / 1e6:.3f}"
-    return ["oracle bound (rung known in advance)", f"{recall:.3f}", mean_read, "-", answered]
-
-
-def adaptive_section(name, index, fixed, what: str, log, held_out, exact) -> list[str]:
-    """Fixed plan vs the prefix ladder over its first stage, with the margin rule and the predictor."""
-    ladder = ladder_over(parse_funnel(fixed.funnel, index.store.full_dim, K))
-    # hold in RAM only what the plan holds (planning loaded more), so that the fixed funnels re-rank from
-    # the same float16 chunk files as the ladder's rungs (bytes read: 2 per coordinate, not 4)
-    index.resident.clear()
-    for dim in fixed.resident:
-        index.load(dim)
-    started = time.perf_counter()
-    index.train_adaptive(K, queries=log, funnel=ladder)
-    train_s = time.perf_counter() - started
-    adaptive_rows = []
-    prefixes = parse_prefix_ladder(ladder, index.store.full_dim, K)
-    # each rung as a fixed funnel for every query, at the shortlist the rank rule widened it to: what
-    # per-query depth must beat
-    rank_limits = index.store.manifest["adaptive"].get("rank_limits")
-    rungs = [] if prefixes is None else rung_names(prefixes, rank_limits)[:-1]
-    later, final = fixed.funnel.split(",", 1)[1], fixed.funnel.rsplit(",", 1)[1]
-    rungs = [f"{rung},{final if ',' in rung else later}" for rung in rungs]  # a quick check's stages
-    modes = [
-        ("fixed plan", {"funnel": fixed.funnel}),
-        *((f"fixed: one rung, {rung}", {"funnel": rung}) for rung in rungs),
-        ("adaptive: margin rule", {"adaptive": "margin"}),
-        ("adaptive: learned predictor", {"adaptive": "predictor"}),
-        ("adaptive: rank rule", {"adaptive": "rank"}),
-    ]
-    for mode, options in modes:
-        read, stops, found = [], [], []
-        for query in held_out:
-            result = index.search(query[None], K, **options)
-            read.append(sum(s.bytes_read for s in result.stages))
-            stops.append(result.answered[0] if result.answered else options["funnel"].split(",")[0])
-            found.append(result.rows[0])
-        _, qps = median_latency_ms(lambda q, o=options: index.search(q, K, **o), held_out[:200])
-        names, counts = np.unique(stops, return_counts=True)
-        adaptive_rows.append(
-            [
-                mode,
-                f"{recall_at_k(np.stack(found), exact, K):.3f}",
-                f"{np.mean(read) / 1e6:.3f}",
-                f"{qps:.0f}",
-                ", ".join(f"{n}: {c / len(stops):.0%}" for n, c in zip(names, counts, strict=True)),
-            ]
-        )
-        print(name, adaptive_rows[-1], flush=True)
-    base_recall, base_read = float(adaptive_rows[0][1]), float(adaptive_rows[0][2])
-    oracle = oracle_row(index, prefixes, held_out, exact, base_recall - RECALL_NOISE)
-    fixed_rows = adaptive_rows[: 1 + len(rungs)]
-    verdicts = []
-    for row in [*adaptive_rows[1 + len(rungs) :], *([oracle] if oracle else [])]:
-        saved, gap = 1 - float(row[2]) / base_read, float(row[1]) - base_recall
-        met = saved >= 0.30 and gap >= -0.005  # equal recall (+-0.005), or better
-        if row is oracle:
-            met_text = ", the most any rule over this ladder can save at that recall"
-        else:
-            met_text = f" (bar: >= 30% at equal recall +-0.005): {'met' if met else 'NOT met'}"
-        # what per-query depth adds over choosing one rung for every query: the cheapest fixed funnel
-        # (the plan or one rung) that is as accurate
-        peers = [f for f in fixed_rows if float(f[1]) >= float(row[1]) - 0.005] or fixed_rows[:1]
-        cheapest = min(peers, key=lambda f: float(f[2]))
-        beyond = 1 - float(row[2]) / float(cheapest[2])
-        verdicts.append(
-            f"- {row[0]}: {saved:.1%} fewer bytes per query, recall {gap:+.3f}{met_text};"
-            f" {beyond:.1%} fewer than the cheapest fixed funnel as accurate ({cheapest[0]})"
-        )
-    return [
-        f"Adaptive depth vs {what} `{fixed.funnel}`: the prefix ladder `{ladder}` scans the"
-        f" shortest prefix for every query and extends the scan (adding only the new coordinates)"
-        f" for the queries its rule sends on; at its longest prefix it is the fixed plan. Rules"
-        f" trained on a {len(log)}-query log in {train_s:.1f} s to keep the full ladder's recall there."
-        " The rank rule may check a rung at a wider shortlist, and quickly: at 64 dims, then the best"
-        " 30 rows at full dim (a rung named `16:800,64:30`); each rung is also run as a fixed funnel"
-        " for every query, at the rank rule's shortlist and check.",
-        "Bytes are what each single-query search read (first-stage scans plus re-ranking gathers)."
-        " The oracle bound is not a search: each held-out query is put at a rung and check option"
-        " knowing in advance which exact top-10 rows each would find (so only that rung's re-ranking is"
-        " paid), trading bytes for hits at one price across queries, the lowest that keeps recall within"
-        f" {RECALL_NOISE} of the fixed plan: no per-query rule over this ladder reads less at its recall.",
-        "",
-        markdown_table(
-            ["mode", "recall@10", "MB read/query", "QPS", "answered at"],
-            [*adaptive_rows, *([oracle] if oracle else [])],
-        ),
-        "",
-        "\n".join(verdicts),
-        "",
-    ]
 
 
 def main() -> None:
@@ -327,7 +178,7 @@ def main() -> None:
             run_set(label, corpus, queries, lines)
         write_section(
             "plan",
-            "## Budget planner and adaptive depth\n\n"
+            "## Budget planner\n\n"
             + __doc__.split("\n\n")[1]
             + "\n\n"
             + "\n".join(lines)

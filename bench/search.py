@@ -5,9 +5,12 @@ Sets: (a) real MiniLM embeddings of staged sentences with held-out sentences as 
 Peers: faiss IndexFlatIP at full dim (exact, also the recall reference), faiss HNSW at full dim, and
 the two-stage searches a faiss user assembles: IndexRefineFlat over an int8 IndexScalarQuantizer, and
 over binary sign codes (IndexLSH without rotation, Hamming distance).
-Ours: MatryoshkaIndex funnel search (a first stage over a resident float32 prefix, or a popcount scan of
-the stored sign bits of a prefix, then re-ranking gathered float16 rows), and an HNSW graph over a
-short prefix only (on the real set also over a rotated index's prefix), then the same re-ranking.
+Ours: the default search a user gets with no options (``index.search(queries, k)``: the funnel the
+index calibrated when it was built), the planned search (``index.plan(recall=...)`` once, then
+``index.search(queries, k, funnel=plan.chosen)``), MatryoshkaIndex funnel search (a first stage over a
+resident float32 prefix, or a popcount scan of the stored sign bits of a prefix, then re-ranking
+gathered float16 rows), and an HNSW graph over a short prefix only (on the real set also over a
+rotated index's prefix), then the same re-ranking.
 
     PYTHONPATH=src:bench python bench/search.py [--sets real,synthetic] [--real-rows N] [--synthetic-rows N]
 """
@@ -32,7 +35,7 @@ import numpy as np
 
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex
-from matryoshka.index.funnel import funnel_cost
+from matryoshka.index.planner import funnel_cost
 from matryoshka.index.rotation import fit_rotation
 from matryoshka.index.stages import parse_funnel
 from report import hardware, markdown_table, write_section
@@ -43,6 +46,7 @@ BATCH = 64
 ADD_ROWS = 100_000
 HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 40
+PLANNED_RECALL = (0.95, 0.99)
 # Our prefix graphs per set: (rotated index, prefix dim, M, efConstruction, funnels). Base MiniLM does
 # not nest (its 32-dim graph tops out near 0.86 recall), so the real set's graphs are over a rotated
 # index's 80 or 96 dims; the synthetic vectors' spectrum already decays.
@@ -133,7 +137,40 @@ def run_set(
         index = MatryoshkaIndex.create(Path(tmp) / "idx", full_dim=dim)
         for start in range(0, rows, ADD_ROWS):
             index.add(corpus[start : start + ADD_ROWS])
+        index.calibrate()  # as `index build` does after its batches (add re-calibrates as rows double)
         build = time.perf_counter() - started
+
+        def default(q):
+            return index.search(q, K).rows
+
+        found = default(queries)
+        memory = sum(a.nbytes for a in index.resident.values()) + index.store.held_bytes()
+        b1, b64 = timed_qps(default, queries, 1, count_b1 * 4), timed_qps(default, queries, BATCH, count_b64)
+        record(
+            f"ours: default search, no options (calibrated {index.info()['funnel']})",
+            build,
+            memory,
+            found,
+            b1,
+            b64,
+        )
+        for target in PLANNED_RECALL:
+            started = time.perf_counter()
+            chosen = index.plan(recall=target).chosen
+            planned_s = time.perf_counter() - started
+
+            def planned(q, chosen=chosen):
+                return index.search(q, K, funnel=chosen).rows
+
+            found = planned(queries)
+            b1, b64 = (
+                timed_qps(planned, queries, 1, count_b1 * 4),
+                timed_qps(planned, queries, BATCH, count_b64),
+            )
+            label = f"ours: planned, plan(recall={target}): {chosen.funnel} (planned in {planned_s:.0f} s)"
+            record(label, build, chosen.memory_bytes + index.store.held_bytes(), found, b1, b64)
+        index.resident.clear()
+        index.store.release_copies()
         funnels = ["32:200,128:50", "32:500,128:50", "32:1000,128:100", "64:200,128:50", "64:500,128:100"]
         funnels += ["64:1000,128:100,256:30", "64:2000,128:200,256:50", "128:500,256:50", "128:1000,256:100"]
         funnels += ["128:2000,256:200", "128:3000,256:300", "256:1000", "256:2000"]
@@ -289,7 +326,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sets", default="real,synthetic")
     parser.add_argument("--real-rows", type=int, default=100_000)
-    parser.add_argument("--synthetic-rows", type=int, default=1_000_000)
+    parser.add_argument("--synthetic-rows", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args()
     import torch

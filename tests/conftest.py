@@ -34,6 +34,22 @@ def same_vectors(encoder):
     return check
 
 
+def assert_same_top_k(scores, keys, expected_scores, expected_keys, atol: float = 1e-5) -> None:
+    """Tie-tolerant top-k check (as faiss.contrib's): the same scores rank by rank, and the same rows
+    except among those tied with the k-th score, which may come in any order or be swapped for one
+    another."""
+    np.testing.assert_allclose(scores, expected_scores, atol=atol)
+    for found, expected, ranked in zip(keys, expected_keys, np.asarray(expected_scores), strict=True):
+        tied = np.isclose(ranked, ranked[-1], atol=atol)
+        assert list(found[: (~tied).sum()]) == list(expected[: (~tied).sum()])
+        assert set(found) - set(expected) <= set(found[(~tied).sum() :])
+
+
+@pytest.fixture(scope="session")
+def same_top_k():
+    return assert_same_top_k
+
+
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
     """300 distinct real sentences from the STS-B test split."""

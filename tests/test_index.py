@@ -39,7 +39,7 @@ def oracle(queries, corpus, dim, k=K):
 @pytest.mark.parametrize("dim", [32, 64, 100, 384])
 def test_exact_stage_matches_brute_force_oracle(built, dim):
     index, corpus, queries = built
-    result = index.search(queries, K, dim=dim)
+    result = index.search(queries, K, funnel=str(dim))
     best, _, all_scores = oracle(queries, corpus, dim)
     np.testing.assert_allclose(result.scores, best, atol=1e-5)
     kth = best[:, -1:]
@@ -91,10 +91,10 @@ def test_precision_cascade_and_float16_storage(tmp_path, full_vectors):
     index = MatryoshkaIndex.create(tmp_path / "f16", full_dim=384)
     index.add(full_vectors[QUERIES:])
     exact_scores, exact_rows = exact_search(full_vectors[:QUERIES], full_vectors[QUERIES:], K)
-    result = index.search(full_vectors[:QUERIES], K, precision="binary,int8,float")
+    result = index.search(full_vectors[:QUERIES], K, funnel="binary@384:1000,int8@384:100")
     assert result.funnel == "binary@384:1000,int8@384:100,384:10"
     assert recall_at_k(result.rows, exact_rows) >= 0.97
-    full = index.search(full_vectors[:QUERIES], K, dim=384)
+    full = index.search(full_vectors[:QUERIES], K, funnel="384")
     np.testing.assert_allclose(full.scores, exact_scores, atol=2e-3)  # float16 storage
 
 
@@ -115,11 +115,13 @@ def test_resident_full_dim_reranks_from_memory_with_the_same_results(tmp_path, f
 
 def test_default_funnel_is_calibrated_and_recorded(built):
     index, corpus, queries = built
-    stages = index.calibrate()
+    funnel = index.info()["funnel"]  # calibrated by the first add
+    stages = index.stages_for(None, K)
     first = stages[0]  # cheaper than a full-dim float scan: a shorter prefix or sign bits
     assert stages[-1].dim == 384 and (first.dim < 384 or first.precision == "binary")
     reopened = MatryoshkaIndex.open(index.store.root)
-    assert reopened.store.manifest["funnel"] == ",".join(str(s) for s in stages)
+    assert reopened.store.manifest["funnel"] == funnel == ",".join(str(s) for s in stages)
+    assert reopened.store.manifest["funnel_rows"] == len(corpus)
     _, exact_rows = exact_search(queries, corpus, K)
     assert recall_at_k(reopened.search(queries, K).rows, exact_rows) >= 0.95
 
@@ -137,10 +139,10 @@ def test_hnsw_prefix_graph_then_rerank(built):
 
 def test_delete_and_compact(built):
     index, corpus, queries = built
-    top = index.search(queries[:1], K, dim=384).ids[0]
+    top = index.search(queries[:1], K, funnel="384").ids[0]
     assert index.delete([top[0], "nope"]) == ["nope"]
-    unread = index.search(queries[:1], K, dim=384)  # ids and texts are looked up when first read
-    after = index.search(queries[:1], K, dim=384).ids[0]
+    unread = index.search(queries[:1], K, funnel="384")  # ids and texts are looked up when first read
+    after = index.search(queries[:1], K, funnel="384").ids[0]
     assert top[0] not in after and after[: K - 1] == top[1:]
     assert index.info()["deleted"] == 1
     old_files = set(os.listdir(index.store.root))
@@ -148,7 +150,7 @@ def test_delete_and_compact(built):
     with pytest.raises(MatryoshkaError, match="compacted since this search"):
         unread.texts  # noqa: B018 - its row numbers point into the old generation
     reopened = MatryoshkaIndex.open(index.store.root)
-    assert reopened.search(queries[:1], K, dim=384).ids[0] == after
+    assert reopened.search(queries[:1], K, funnel="384").ids[0] == after
     assert reopened.info()["rows"] == len(corpus) - 1 and reopened.info()["deleted"] == 0
     assert not old_files & set(os.listdir(index.store.root)) - {"manifest.json"}
     reopened.store.verify()
@@ -158,7 +160,7 @@ def test_reopening_maps_only_the_chunks_a_prefix_needs(built):
     index, _, queries = built
     root = index.store.root
     reopened = MatryoshkaIndex.open(root)
-    reopened.search(queries, K, dim=64)
+    reopened.search(queries, K, funnel="64")
     assert reopened.store.opened == {"g0-chunk-0000-0032.float32", "g0-chunk-0032-0064.float32"}
     reopened = MatryoshkaIndex.open(root)  # nothing resident: re-ranking at 64 reads the mapped chunks
     result = reopened.search(queries, K, funnel=[Stage(32, 50), Stage(64, K)])
@@ -180,8 +182,8 @@ def test_damaged_or_foreign_directories_give_clear_errors(built, tmp_path):
     data = chunk.read_bytes()
     chunk.write_bytes(data[:-100])
     with pytest.raises(MatryoshkaError, match=r"0032-0064\.float32 is truncated"):
-        MatryoshkaIndex.open(root).search(queries, K, dim=64)
-    assert MatryoshkaIndex.open(root).search(queries, K, dim=32).rows.shape == (QUERIES, K)  # unaffected
+        MatryoshkaIndex.open(root).search(queries, K, funnel="64")
+    assert MatryoshkaIndex.open(root).search(queries, K, funnel="32").rows.shape == (QUERIES, K)  # unaffected
     chunk.write_bytes(data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:])
     with pytest.raises(MatryoshkaError, match="checksum mismatch in g0-chunk-0032-0064"):
         MatryoshkaIndex.open(root).store.verify()
@@ -200,7 +202,7 @@ def test_bad_queries_and_other_models_are_refused(built, encoder):
         index.search(queries[:, :128], K)
     for dim in (0, 385):
         with pytest.raises(DimensionError, match="out of range"):
-            index.search(queries, K, dim=dim)
+            index.search(queries, K, funnel=str(dim))
     with pytest.raises(MatryoshkaError, match="no recorded model"):
         index.search("a text query", K)
     with pytest.raises(MatryoshkaError, match="already in the index: s3"):
@@ -215,7 +217,7 @@ def test_text_queries_use_the_index_model(tmp_path, encoder, sentences, full_vec
     index = MatryoshkaIndex.create(tmp_path / "m", model=encoder)
     index.add(full_vectors[:50], texts=sentences[:50])
     index._encoder = encoder  # the session's loaded model (its fingerprint is the recorded one)
-    result = index.search(sentences[7], 3, dim=384)
+    result = index.search(sentences[7], 3, funnel="384")
     assert result.texts[0][0] == sentences[7] and result.scores[0][0] == pytest.approx(1, abs=1e-3)
 
 
@@ -259,7 +261,7 @@ def test_killed_writer_leaves_last_commit_readable(tmp_path):
         ends = index.store.records(np.array([0, rows - 1]))
         assert ends == [("r0", None, None), (f"r{rows - 1}", None, None)]
         index.store.verify()
-        result = index.search(expected[-3:], 1, dim=64)
+        result = index.search(expected[-3:], 1, funnel="64")
         assert [ids[0] for ids in result.ids] == [f"r{rows - 3 + i}" for i in range(3)]
 
 

@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from matryoshka import MatryoshkaError, truncate
-from matryoshka.index import exact_search
+from matryoshka.index import MatryoshkaIndex, exact_search
 from matryoshka.server.search import IndexService
 
 QUERY = "A man is playing a guitar."
@@ -87,17 +87,52 @@ def test_index_of_another_model_is_refused(index_dir, declared_encoder):
         IndexService(index_dir, declared_encoder)
 
 
-def test_recall_budget_uses_the_planner(url, encoder, full_vectors):
-    response = search(url, k=5, recall=0.99)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["stages"][-1]["dim"] == 384 and len(body["hits"]) == 5
-    assert [hit["id"] for hit in body["hits"]] == expected_ids(encoder, full_vectors, 384, 5)
+def test_budgets_need_a_saved_plan_and_never_plan_in_a_request(url, index_dir):
+    manifest = (index_dir / "manifest.json").read_bytes()
+    for budget in ({"recall": 0.99}, {"latency_ms": 5}):
+        response = search(url, k=5, **budget)
+        assert response.status_code == 409, response.text
+        assert "no saved plan: run `matryoshka index plan" in response.json()["error"]["message"]
+    assert (index_dir / "manifest.json").read_bytes() == manifest
 
 
-def test_latency_budget_answers_from_a_finished_stage(url):
-    response = search(url, k=5, latency_ms=2000)
+@pytest.fixture(scope="module")
+def planned_url(serve, encoder, sentences, full_vectors, tmp_path_factory):
+    path = tmp_path_factory.mktemp("planned") / "stsb"
+    index = MatryoshkaIndex.create(path, model=encoder)
+    index.add(full_vectors, texts=sentences, ids=[f"s{i}" for i in range(len(sentences))])
+    plan = index.plan(k=5, sample=50)
+    index.close()
+    with serve(index=IndexService(path, encoder)) as base:
+        yield base, plan
+
+
+def test_recall_and_latency_budgets_read_the_saved_plan(planned_url, encoder, full_vectors):
+    url, plan = planned_url
+    for budget, candidate in [
+        ({"recall": 0.99}, plan.for_recall(0.99)),
+        ({"latency_ms": 1e308}, plan.for_latency(1e308)),
+    ]:
+        response = search(url, k=5, **budget)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert ",".join(s["stage"] for s in body["stages"]) == candidate.funnel
+        assert len(body["hits"]) == 5
+    exact = search(url, k=5, recall=1.0).json()
+    assert [hit["id"] for hit in exact["hits"]] == expected_ids(encoder, full_vectors, 384, 5)
+    unreachable = search(url, k=5, latency_ms=1e-9)
+    assert unreachable.status_code == 400 and "nearest feasible plan" in unreachable.text
+    for bad in ("Infinity", "NaN"):
+        response = httpx.post(
+            f"{url}/v1/search", content=f'{{"query": "x", "latency_ms": {bad}}}', timeout=30,
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        assert response.status_code in (400, 422) and "error" in response.json()
+
+
+def test_large_k_widens_the_default_funnel_and_short_funnels_are_refused(url, encoder, full_vectors):
+    response = search(url, k=200)
     assert response.status_code == 200, response.text
-    body = response.json()
-    assert len(body["hits"]) == 5 and body["stages"]
-    assert all(stage["kept"] >= 5 for stage in body["stages"])
+    assert len(response.json()["hits"]) == 200
+    short = search(url, k=200, funnel="64:100")
+    assert short.status_code == 400 and "keeps fewer rows than the 200 asked for" in short.text

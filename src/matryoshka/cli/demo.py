@@ -82,11 +82,11 @@ def index_demo(
     with tempfile.TemporaryDirectory() as tmp:
         index = MatryoshkaIndex.create(f"{tmp}/index", full_dim=corpus.shape[1])
         index.add(corpus, texts=texts)
-        funnel = index.calibrate(k=INDEX_TOP_K)
         runs = {
-            f"{dim} dims": index.search(query, INDEX_TOP_K, dim=dim) for dim in (32, 128, corpus.shape[1])
+            f"{dim} dims": index.search(query, INDEX_TOP_K, funnel=str(dim))
+            for dim in (32, 128, corpus.shape[1])
         }
-        runs[f"funnel {','.join(str(s) for s in funnel)}"] = index.search(query, INDEX_TOP_K)
+        runs[f"default funnel {index.info()['funnel']}"] = index.search(query, INDEX_TOP_K)
         console.print(
             f"\n[bold]Index[/]: {len(corpus)} sentences on disk (float16 chunks); query: {query_text!r}"
         )

@@ -1,4 +1,7 @@
-"""`matryoshka index build|add|delete|compact|info`: write and inspect an index directory."""
+"""`matryoshka index build|add|delete|compact|info`: write and inspect an index.
+
+INDEX is a target: a directory (the local index) or Milvus (a ``.db`` Milvus Lite file or an
+``http(s)://host:19530`` server); ``--collection`` and ``--token`` apply to Milvus."""
 
 from __future__ import annotations
 
@@ -8,16 +11,25 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from matryoshka.cli import _milvus
 from matryoshka.cli._common import parse_dims, user_errors
 from matryoshka.errors import MatryoshkaError
 
 index_app = typer.Typer(help="Build and change a Matryoshka index.", no_args_is_help=True)
 BATCH_TEXTS = 1024
-BACKEND = typer.Option("local", "--backend", help=_milvus.BACKEND_HELP)
-URI = typer.Option(None, "--uri", help=_milvus.URI_HELP)
+TARGET_HELP = "Index: a directory, a Milvus Lite .db file, or a Milvus server http://host:19530."
+INDEX = typer.Argument(..., help=TARGET_HELP)
 COLLECTION = typer.Option("matryoshka", "--collection", help="Milvus collection name.")
 TOKEN = typer.Option(None, "--token", envvar="MILVUS_TOKEN", help="Milvus token (user:password or API key).")
+
+
+def open_target(target: str, collection: str = "matryoshka", token: str | None = None):
+    """The index at ``target``: a directory, or a Milvus collection (``collection``, ``token``)."""
+    from matryoshka.index import open_index
+    from matryoshka.index.backends import is_milvus
+
+    if is_milvus(target):
+        return open_index(target, collection=collection, token=token)
+    return open_index(target)
 
 
 def read_corpus(path: Path, field: str = "text") -> tuple[list[str], list[str]]:
@@ -43,26 +55,48 @@ def load_vectors(path: Path) -> np.ndarray:
     return vectors
 
 
-def add_in_batches(index, ids: list[str], texts: list[str], vectors: np.ndarray | None) -> None:
-    """Append from where the index stands (so a killed build resumes), one committed batch at a time."""
+def add_in_batches(
+    index, ids: list[str], texts: list[str], vectors: np.ndarray | None, skip_existing: bool
+) -> int:
+    """Append in committed batches of ``BATCH_TEXTS``, checking ids before encoding anything: ids the
+    index already holds are refused, or with ``skip_existing`` left out (how a killed run resumes).
+    Returns the rows added."""
     from tqdm import tqdm
 
-    done = index.store.rows
-    if done and done <= len(ids) and index.store.records(np.array([done - 1]))[0][0] != ids[done - 1]:
-        raise MatryoshkaError("the index holds other rows than this corpus's first ones: use a new --out")
-    with tqdm(total=len(ids), initial=done, unit="text", disable=len(ids) - done < BATCH_TEXTS) as bar:
-        for start in range(done, len(ids), BATCH_TEXTS):
-            stop = min(start + BATCH_TEXTS, len(ids))
-            batch = None if vectors is None else np.asarray(vectors[start:stop], dtype=np.float32)
-            index.add(batch, texts[start:stop], ids[start:stop])
-            bar.update(stop - start)
+    present = set(index.texts_of(ids))
+    if present and not skip_existing:
+        shown = ", ".join(sorted(present)[:5])
+        raise MatryoshkaError(
+            f"{len(present)} ids are already in the index ({shown}): --skip-existing adds only the new ones"
+        )
+    todo = [i for i, key in enumerate(ids) if key not in present]
+    with tqdm(total=len(todo), unit="text", disable=len(todo) < BATCH_TEXTS) as bar:
+        for start in range(0, len(todo), BATCH_TEXTS):
+            rows = todo[start : start + BATCH_TEXTS]
+            batch = None if vectors is None else np.asarray(vectors[rows], dtype=np.float32)
+            index.add(batch, [texts[i] for i in rows], [ids[i] for i in rows])
+            bar.update(len(rows))
+    return len(todo)
+
+
+def check_same_corpus(index, ids: list[str], texts: list[str]) -> None:
+    """A resumed build must be the same corpus: every row the index holds is one of its ids, with
+    the same text."""
+    held = index.texts_of(ids)
+    changed = [key for key, text in zip(ids, texts, strict=True) if key in held and held[key] != text]
+    foreign = index.info()["live"] - len(held)
+    if changed or foreign:
+        example = f"id {changed[0]!r} holds another text" if changed else f"{foreign} rows are not in it"
+        raise MatryoshkaError(
+            f"the index was built from another corpus ({example}): use a new --out, or `index add`"
+        )
 
 
 @index_app.command()
 @user_errors
 def build(
     corpus: Path | None = typer.Argument(None, help="JSONL corpus (text and _id fields) or a text file."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Index directory to create (or resume)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Index to create or resume: " + TARGET_HELP),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name or directory."),
     vectors: Path | None = typer.Option(
         None, "--vectors", help="Precomputed vectors (.npy), one row per text."
@@ -71,22 +105,22 @@ def build(
     chunks: str = typer.Option("32,64,128,256", "--chunks", help="Chunk boundaries of the coordinate files."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 or float32 storage."),
     field: str = typer.Option("text", "--field", help="JSONL field holding the text."),
-    backend: str = BACKEND,
-    uri: str | None = URI,
+    rotate: bool = typer.Option(
+        False, "--rotate", help="Rotate --vectors that do not nest (fitted on a sample of them)."
+    ),
     collection: str = COLLECTION,
     token: str | None = TOKEN,
     prefix_dim: int = typer.Option(64, "--prefix-dim", help="Milvus: dim of the first-pass field."),
     index_type: str = typer.Option("FLAT", "--index-type", help="Milvus: FLAT, HNSW or IVF_FLAT."),
-    rotate: bool = typer.Option(
-        False, "--rotate", help="Rotate --vectors that do not nest (fitted on a sample of them)."
-    ),
 ) -> None:
-    """Build an index from texts (encoded with --model) or from precomputed --vectors with --texts."""
-    from matryoshka.index import MatryoshkaIndex
-    from matryoshka.index.rotation import fit_rotation
+    """Build an index from texts (encoded with --model) or from precomputed --vectors with --texts;
+    re-run on the same corpus, it resumes where a killed build stopped."""
+    from matryoshka.index.backends import is_milvus
 
     if (corpus is None) == (vectors is None):
         raise MatryoshkaError("give a corpus to encode, or --vectors with --texts")
+    if out is None:
+        raise MatryoshkaError("give --out (the index: " + TARGET_HELP + ")")
     array = None
     if vectors is not None:
         if texts is None:
@@ -95,92 +129,95 @@ def build(
     ids, text_list = read_corpus(corpus or texts, field)
     if array is not None and len(array) != len(ids):
         raise MatryoshkaError(f"{vectors} has {len(array)} rows but {texts} has {len(ids)} texts")
-    if rotate and array is None:
-        raise MatryoshkaError("--rotate is fitted on --vectors: encode the corpus to a .npy first")
-    if _milvus.check_backend(backend, uri):
-        if rotate:
-            raise MatryoshkaError("--rotate is a local index option: Milvus stores vectors as given")
-        args = (uri, collection, token, model, ids, text_list, array, prefix_dim, index_type, BATCH_TEXTS)
-        return _milvus.build(*args)
-    if out is None:
-        raise MatryoshkaError("give --out (the index directory)")
-    if (out / "manifest.json").exists():
-        index = MatryoshkaIndex.open(out)
-        typer.echo(f"resuming {out} at row {index.store.rows}", err=True)
-    else:
-        if array is None and model is None:
-            from matryoshka.models import DEFAULT_MODEL
-
-            model = DEFAULT_MODEL
-        full_dim = None if array is None else array.shape[1]
-        source = str(vectors) if vectors is not None else None
-        rotation = None if not rotate else fit_rotation(np.asarray(array, dtype=np.float32))
-        index = MatryoshkaIndex.create(
-            out, model, full_dim, parse_dims(chunks), dtype, vectors_from=source, rotation=rotation
-        )
-    add_in_batches(index, ids, text_list, array)
-    funnel = index.calibrate()
-    typer.echo(f"indexed {index.store.rows} rows -> {out}; default funnel {funnel_text(funnel)}", err=True)
+    if rotate and (array is None or is_milvus(out)):
+        raise MatryoshkaError("--rotate is fitted on --vectors and kept by a local index directory")
+    milvus = {"collection": collection, "token": token, "prefix_dim": prefix_dim, "index_type": index_type}
+    index = _existing(out) or _create(out, model, array, chunks, dtype, vectors, rotate, milvus)
+    check_same_corpus(index, ids, text_list)
+    added = add_in_batches(index, ids, text_list, array, skip_existing=True)
+    if hasattr(index, "calibrate") and index.store.manifest.get("funnel_rows") != index.live_rows:
+        index.calibrate()  # the default funnel for the rows built, not for the first batches
+    info = index.info()
+    resumed = f" (resumed: {len(ids) - added} of its rows were there)" if added < len(ids) else ""
+    typer.echo(
+        f"indexed {added} rows{resumed}; {info['live']} rows in {out}; default funnel {info.get('funnel')}",
+        err=True,
+    )
+    index.close()
 
 
-def funnel_text(stages) -> str:
-    from matryoshka.index.stages import stages_text
+def _existing(out: str):
+    from matryoshka.index.backends import is_milvus
 
-    return stages_text(stages)
+    if is_milvus(out):
+        return None  # creating a Milvus collection reuses one made for the same model and dims
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise MatryoshkaError(f"--out {out} is a file, not an index directory")
+    return open_target(out) if (path / "manifest.json").exists() else None
+
+
+def _create(out, model, array, chunks, dtype, vectors, rotate, milvus_options):
+    from matryoshka.index import create_index
+    from matryoshka.index.backends import is_milvus
+
+    if array is None and model is None:
+        from matryoshka.models import DEFAULT_MODEL
+
+        model = DEFAULT_MODEL
+    full_dim = None if array is None else array.shape[1]
+    model = model if array is None or model else None
+    if is_milvus(out):
+        return create_index(out, model, full_dim, **milvus_options)
+    from matryoshka.index.rotation import fit_rotation
+
+    rotation = fit_rotation(np.asarray(array, dtype=np.float32)) if rotate else None
+    source = str(vectors) if vectors is not None else None
+    return create_index(
+        out, model, full_dim, chunks=parse_dims(chunks), dtype=dtype, vectors_from=source, rotation=rotation
+    )
 
 
 @index_app.command()
 @user_errors
 def add(
-    index_dir: Path | None = typer.Argument(None, help="Index directory (none with --uri)."),
+    index_target: str = INDEX,
     corpus: Path | None = typer.Argument(None, help="JSONL or text file to encode with the index's model."),
     vectors: Path | None = typer.Option(None, "--vectors", help="Precomputed vectors (.npy)."),
     texts: Path | None = typer.Option(None, "--texts", help="Texts/ids matching --vectors."),
     field: str = typer.Option("text", "--field"),
-    backend: str = BACKEND,
-    uri: str | None = URI,
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Leave out ids already in the index (resume a killed add)."
+    ),
     collection: str = COLLECTION,
     token: str | None = TOKEN,
 ) -> None:
-    """Append rows (ids must be new)."""
-    from matryoshka.index import MatryoshkaIndex
-
-    if _milvus.check_backend(backend, uri):
-        index_dir, corpus = _milvus.shift(index_dir, corpus)
-        corpus = None if corpus is None else Path(corpus)
+    """Append rows; ids must be new (or pass --skip-existing)."""
     if (corpus is None) == (vectors is None) or (vectors is not None and texts is None):
         raise MatryoshkaError("give a corpus to encode, or --vectors with --texts")
-    if backend == "milvus":
-        index = _milvus.open_milvus(uri, collection, token)
-        array = load_vectors(vectors) if vectors is not None else None
-        _milvus.add(index, *read_corpus(corpus or texts, field), array, BATCH_TEXTS)
-        return typer.echo(f"{index.live_rows()} rows in {uri} collection {collection}", err=True)
-    if index_dir is None:
-        raise MatryoshkaError("give the index directory")
-    if (corpus is None) == (vectors is None) or (vectors is not None and texts is None):
-        raise MatryoshkaError("give a corpus to encode, or --vectors with --texts")
-    index = MatryoshkaIndex.open(index_dir)
     ids, text_list = read_corpus(corpus or texts, field)
     array = load_vectors(vectors) if vectors is not None else None
     if array is not None and len(array) != len(ids):
         raise MatryoshkaError(f"{vectors} has {len(array)} rows but {texts} has {len(ids)} texts")
-    for start in range(0, len(ids), BATCH_TEXTS):
-        batch = None if array is None else np.asarray(array[start : start + BATCH_TEXTS], np.float32)
-        index.add(batch, text_list[start : start + BATCH_TEXTS], ids[start : start + BATCH_TEXTS])
-    index.calibrate()
-    typer.echo(f"added {len(ids)} rows; {index.store.rows} rows in {index_dir}", err=True)
+    index = open_target(index_target, collection, token)
+    added = add_in_batches(index, ids, text_list, array, skip_existing)
+    skipped = f" ({len(ids) - added} already there)" if added < len(ids) else ""
+    typer.echo(f"added {added} rows{skipped}; {index.info()['live']} rows in {index_target}", err=True)
+    index.close()
 
 
 @index_app.command()
 @user_errors
 def delete(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
+    index_target: str = INDEX,
     ids: list[str] = typer.Argument(..., help="Ids to delete."),
+    collection: str = COLLECTION,
+    token: str | None = TOKEN,
 ) -> None:
-    """Tombstone rows by id (space is reclaimed by compact)."""
-    from matryoshka.index import MatryoshkaIndex
-
-    missing = MatryoshkaIndex.open(index_dir).delete(ids)
+    """Delete rows by id (a local index tombstones them; compact reclaims the space)."""
+    index = open_target(index_target, collection, token)
+    missing = index.delete(ids)
+    index.close()
     typer.echo(f"deleted {len(ids) - len(missing)} rows", err=True)
     if missing:
         typer.echo(f"not found: {' '.join(missing)}", err=True)
@@ -188,34 +225,27 @@ def delete(
 
 @index_app.command()
 @user_errors
-def compact(index_dir: Path = typer.Argument(..., help="Index directory.")) -> None:
-    """Rewrite the index without deleted rows."""
-    from matryoshka.index import MatryoshkaIndex
-
-    index = MatryoshkaIndex.open(index_dir)
+def compact(index_target: str = INDEX) -> None:
+    """Rewrite a local index without its deleted rows (and re-calibrate its default funnel)."""
+    index = open_target(index_target)
+    if not hasattr(index, "compact"):
+        raise MatryoshkaError("compact is for a local index directory: Milvus compacts by itself")
     live = index.compact()
-    index.calibrate()
-    typer.echo(f"compacted {index_dir}: {live} rows", err=True)
+    typer.echo(f"compacted {index_target}: {live} rows", err=True)
 
 
 @index_app.command()
 @user_errors
 def info(
-    index_dir: Path | None = typer.Argument(None, help="Index directory (none with --uri)."),
-    verify: bool = typer.Option(False, "--verify", help="Recompute every file's checksum."),
-    backend: str = BACKEND,
-    uri: str | None = URI,
+    index_target: str = INDEX,
+    verify: bool = typer.Option(False, "--verify", help="Local index: recompute every file's checksum."),
     collection: str = COLLECTION,
     token: str | None = TOKEN,
 ) -> None:
-    """Print the manifest facts as JSON (and check checksums with --verify)."""
-    from matryoshka.index import MatryoshkaIndex
-
-    if _milvus.check_backend(backend, uri):
-        return typer.echo(json.dumps(_milvus.open_milvus(uri, collection, token).info(), indent=1))
-    if index_dir is None:
-        raise MatryoshkaError("give the index directory")
-    index = MatryoshkaIndex.open(index_dir)
+    """Print the index's facts as JSON (and check a local index's checksums with --verify)."""
+    index = open_target(index_target, collection, token)
     if verify:
+        if not hasattr(index, "store"):
+            raise MatryoshkaError("--verify checks a local index directory's files")
         index.store.verify()
     typer.echo(json.dumps(index.info() | ({"verified": True} if verify else {}), indent=1))

@@ -38,10 +38,13 @@ def plan(
     import numpy as np
 
     from matryoshka.index import MatryoshkaIndex
+    from matryoshka.index.planner import CALIBRATION_QUERIES
 
+    if not (index_dir / "manifest.json").exists():
+        raise MatryoshkaError(f"{index_dir} is not a local index directory: plans measure a local index")
     index = MatryoshkaIndex.open(index_dir)
     log = np.load(queries) if queries is not None else None
-    made = index.plan(memory_gb, latency_ms, recall, k, queries=log, sample=sample)
+    made = index.plan(memory_gb, latency_ms, recall, k, queries=log, sample=sample or CALIBRATION_QUERIES)
     table = Table(title=f"measured Pareto frontier ({made.calibration}, top {k})")
     for column in ("funnel", "RAM MB", "recall@k", "ms/query", "MB read/query", ""):
         table.add_column(column)

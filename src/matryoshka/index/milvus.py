@@ -23,7 +23,15 @@ import numpy as np
 from matryoshka.dims import truncate, validate_dim
 from matryoshka.errors import DimensionError, MatryoshkaError
 from matryoshka.index.search import top_k
-from matryoshka.index.stages import SearchResult, Stage, StageStats, parse_funnel, query_vectors, stages_text
+from matryoshka.index.stages import (
+    SearchResult,
+    Stage,
+    StageStats,
+    checked_funnel,
+    parse_funnel,
+    query_vectors,
+    stages_text,
+)
 
 if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
@@ -98,7 +106,9 @@ def release(uri: str) -> None:
 
 
 class MilvusIndex:
-    """Same public methods as :class:`~matryoshka.index.api.MatryoshkaIndex`, on a Milvus collection."""
+    """The :class:`~matryoshka.index.backends.Index` protocol on a Milvus collection."""
+
+    backend = "milvus"
 
     def __init__(self, client, collection: str, properties: dict[str, str], uri: str = "") -> None:
         self.client = client
@@ -273,6 +283,12 @@ class MilvusIndex:
             shown = " ".join(sorted(row["id"] for row in found)[:5])
             raise MatryoshkaError(f"ids already in the collection: {shown}")
 
+    def texts_of(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """The text of each of ``ids`` the collection holds."""
+        ids = [str(i) for i in ids]
+        found = with_retries(lambda: self.client.get(self.collection, ids=ids, output_fields=["text"]), "get")
+        return {row["id"]: row.get("text") for row in found}
+
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete rows by id; returns the ids that were not found."""
         ids = [str(i) for i in ids]
@@ -311,22 +327,21 @@ class MilvusIndex:
             )
         self._encoder = encoder
 
-    def stages_for(self, k: int, dim: int | None = None, funnel: str | None = None) -> list[Stage]:
-        """One exact stage at ``dim`` (the prefix or the full dim), a funnel, or prefix:k*20 -> full:k."""
-        if dim is not None and funnel is not None:
-            raise MatryoshkaError("give at most one of dim and funnel")
-        if dim is not None:
-            stages = [Stage(validate_dim(dim, self.full_dim), k)]
-        elif funnel is not None:
-            stages = parse_funnel(funnel, self.full_dim, k)
-        else:
+    def stages_for(self, funnel: str | list[Stage] | None = None, k: int = 10) -> list[Stage]:
+        """A funnel as given (the prefix field then full, or one of them), or prefix:k*20 -> full:k."""
+        if funnel is None:
             stages = [Stage(self.prefix_dim, k * DEFAULT_SHORTLIST_FACTOR), Stage(self.full_dim, k)]
+        elif isinstance(funnel, list):
+            stages = checked_funnel(funnel, self.full_dim, k)
+        else:
+            stages = parse_funnel(funnel, self.full_dim, k)
         dims = [s.dim for s in stages]
         allowed = [[self.prefix_dim], [self.full_dim], [self.prefix_dim, self.full_dim]]
         if any(s.precision != "float" for s in stages) or dims not in allowed:
             raise MatryoshkaError(
                 f"this collection searches at dim {self.prefix_dim} (field {self.prefix_field}) then "
-                f"{self.full_dim} (full), or at one of them; funnel {stages_text(stages)} is not that"
+                f"{self.full_dim} (full), or at one of them; funnel "
+                f"{stages_text(stages, self.full_dim)} is not that"
             )
         if stages[0].keep > MAX_LIMIT:
             raise MatryoshkaError(f"Milvus keeps at most {MAX_LIMIT} rows per search, not {stages[0].keep}")
@@ -336,29 +351,27 @@ class MilvusIndex:
         self,
         queries: str | Sequence[str] | np.ndarray,
         k: int = 10,
-        dim: int | None = None,
         funnel: str | list[Stage] | None = None,
-        rerank: str | None = None,
-        search_params: dict | None = None,
+        hnsw: bool = False,
     ) -> SearchResult:
-        """Top ``k`` per query: first pass on the prefix field (or one exact stage), rerank at full dim."""
-        if k < 1:
-            raise MatryoshkaError(f"k must be at least 1, got {k}")
-        rerank = rerank or self.rerank
-        if rerank not in RERANK_PLACES:
-            raise MatryoshkaError(f"rerank must be one of {', '.join(RERANK_PLACES)}, got {rerank!r}")
+        """Top ``k`` per query: first pass on the prefix field (or one exact stage), rerank at full dim
+        (``self.rerank``: on the client or the server)."""
+        if hnsw:
+            raise MatryoshkaError("a Milvus collection's ANN index type is chosen at create (--index-type)")
+        if self.rerank not in RERANK_PLACES:
+            raise MatryoshkaError(f"rerank must be one of {', '.join(RERANK_PLACES)}, got {self.rerank!r}")
+        stages = self.stages_for(funnel, k)
         vectors = self._query_vectors(queries)
-        stages = funnel if isinstance(funnel, list) else self.stages_for(k, dim, funnel)
         first = stages[0]
         field = self.prefix_field if first.dim == self.prefix_dim else "full"
         started = time.perf_counter()
-        hits = self._search(field, truncate(vectors, first.dim), first.keep, search_params)
+        hits = self._search(field, truncate(vectors, first.dim), first.keep, None)
         ids = [[hit["id"] for hit in query_hits] for query_hits in hits]
         scores = [[hit["distance"] for hit in query_hits] for query_hits in hits]
         stats = [StageStats(str(first), max(map(len, ids), default=0), time.perf_counter() - started, 0)]
         if len(stages) == 2:
             started = time.perf_counter()
-            place = self._rerank_client if rerank == "client" else self._rerank_server
+            place = self._rerank_client if self.rerank == "client" else self._rerank_server
             ids, scores, fetched = place(truncate(vectors), ids, k)
             stats.append(StageStats(str(stages[1]), k, time.perf_counter() - started, fetched))
         return self._result(ids, scores, k, stats, stages)
@@ -429,7 +442,7 @@ class MilvusIndex:
             text = {row["id"]: row.get("text") for row in found}
             return ids, [[text.get(key) for key in query_ids] for query_ids in ids]
 
-        return SearchResult(score_matrix, rows, records, stats, stages_text(stages))
+        return SearchResult(score_matrix, rows, records, stats, stages_text(stages, self.full_dim))
 
     def info(self) -> dict:
         """Model, dims, index type, row count, and where the collection lives."""

@@ -1,4 +1,5 @@
-"""Budget planner: turn "2 GB of RAM", "answer within 20 ms" or "recall 0.95" into a funnel.
+"""Budget planner: turn "2 GB of RAM", "answer within 20 ms" or "recall 0.95" into a funnel; and the
+default funnel an index records when it is built.
 
 Every candidate funnel (first-stage dim and precision, shortlist sizes, whether the first stage's
 prefix is held in RAM or scanned from the mapped chunks) is *measured* on a calibration sample of the
@@ -6,21 +7,28 @@ index's own data: recall@k against exact full-dim search on the sample queries (
 is given, else held-in rows with their own row dropped from the truth), the median single-query
 latency, and the bytes it keeps in RAM. The plan is the best point of the measured Pareto frontier
 that fits the budgets; it is saved in the manifest with the frontier it came from, and flagged stale
-once the index has grown past ``STALE_GROWTH`` since.
+once the index has grown past ``STALE_GROWTH`` since. A plan resolves budgets before a search:
+``plan.chosen``, ``plan.for_recall(0.98)`` or ``plan.for_latency(2.0)`` is a :class:`Candidate` that
+``index.search(..., funnel=candidate)`` runs.
+
+The default funnel (:func:`default_funnel`) is a quick calibration of the same kind: held-in rows as
+queries, the cheapest candidate (bytes read per query) whose recall@k reaches ``DEFAULT_RECALL``.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import recall_per_query
 from matryoshka.index.search import funnel_search, load_prefix, rerank, scan
-from matryoshka.index.stages import Stage
+from matryoshka.index.stages import Stage, parse_funnel, scaled_funnel, stages_text
 
 if TYPE_CHECKING:
     from matryoshka.index.store import Store
@@ -29,11 +37,14 @@ if TYPE_CHECKING:
 # queries it is used on) at recall 0.9 (per-query recall spread 0.13), 0.006 against 1000 others
 CALIBRATION_QUERIES = 1000
 TIMING_QUERIES = 25
+QUERY_BLOCK = 64  # calibration queries re-ranked at once
 STALE_GROWTH = 0.2  # a plan is stale once live rows grew by more than this fraction
 SHORTLIST_FACTORS = (5, 10, 30, 100)
 GB = 1e9
 RECALL_TIE = 0.005  # recalls this close on a calibration sample count as equal when choosing
 RECALL_Z = 1.96  # a 95% interval on a sample mean
+DEFAULT_QUERIES = 100  # the default funnel's quick calibration
+DEFAULT_RECALL = 0.99
 
 
 class PlanError(MatryoshkaError):
@@ -53,9 +64,8 @@ class Candidate:
     recall_error: float = 0.0  # half-width of the 95% interval of ``recall`` over the sample's queries
 
     def stages(self, full_dim: int, k: int) -> list[Stage]:
-        from matryoshka.index.stages import parse_funnel
-
-        return parse_funnel(self.funnel, full_dim, k)
+        """The funnel for top-``k``: shortlists widen with k beyond the k it was measured at."""
+        return scaled_funnel(self.funnel, full_dim, k)
 
     def describe(self) -> str:
         where = f"RAM {self.memory_bytes / 1e6:.1f} MB" if self.resident else "mapped"
@@ -90,6 +100,14 @@ class Plan:
 
     def is_stale(self, live_rows: int) -> bool:
         return live_rows > self.rows * (1 + STALE_GROWTH)
+
+    def for_recall(self, recall: float) -> Candidate:
+        """The fastest measured funnel reaching ``recall`` (a :class:`PlanError` names the nearest)."""
+        return choose(self.frontier, recall=recall)
+
+    def for_latency(self, latency_ms: float) -> Candidate:
+        """The most accurate measured funnel within ``latency_ms`` per query."""
+        return choose(self.frontier, latency_ms=latency_ms)
 
 
 @dataclass
@@ -142,8 +160,6 @@ def calibration_sample(
     else:
         queries = np.asarray(queries, np.float32)[:size]
         source = f"{len(queries)} logged queries"
-    from matryoshka.dims import truncate
-
     queries = truncate(np.asarray(queries, np.float32))
     width = k + (self_rows is not None)
     _, exact, _ = funnel_search(store, queries, [Stage(store.full_dim, width)])
@@ -209,8 +225,6 @@ def measure(
     batch scan at their widest shortlist, then run their later stages per query), and its median
     latency over ``timing_queries`` whole single-query searches, timed round-robin (every candidate in
     turn, each on another query) so a change in machine load hits every candidate alike."""
-    from matryoshka.index.stages import stages_text
-
     groups: dict[tuple, list[list[Stage]]] = {}
     for stages, resident in candidates or candidate_funnels(store, calibration.k):
         resident = resident and stages[0].precision == "float"
@@ -222,16 +236,17 @@ def measure(
         held = {dim: memory[dim]} if resident else {}
         widest = Stage(dim, max(max(s[0].keep for s in members), calibration.width), precision)
         _, shortlist, scan_bytes = scan(store, calibration.queries, widest, held.get(dim))
-        for stages in members:  # recall: later stages one query at a time, as a search runs them
+        for stages in members:  # recall: later stages over blocks of queries (each keeps its own rows)
             found, later_bytes = [], 0
-            for position, query in enumerate(calibration.queries):
-                rows, read = _later_stages(store, query[None], shortlist[position : position + 1], stages)
+            for start in range(0, len(calibration.queries), QUERY_BLOCK):
+                block = slice(start, start + QUERY_BLOCK)
+                rows, read = _later_stages(store, calibration.queries[block], shortlist[block], stages)
                 later_bytes += read
-                found.append(rows[0, : calibration.width])
-            recall, error = calibration.recall_interval(np.stack(found))
+                found.append(rows[:, : calibration.width])
+            recall, error = calibration.recall_interval(np.concatenate(found))
             measured.append(
                 Candidate(
-                    stages_text(stages),
+                    stages_text(stages, store.full_dim),
                     [dim] if resident else [],
                     resident_bytes(store, stages, resident),
                     recall,
@@ -258,7 +273,7 @@ def measure(
 
 
 def _later_stages(
-    store: Store, query: np.ndarray, shortlist: np.ndarray, stages: list[Stage]
+    store: Store, queries: np.ndarray, shortlist: np.ndarray, stages: list[Stage]
 ) -> tuple[np.ndarray, int]:
     """Rows after every stage past the first, from the first stage's (widest) shortlist; bytes read.
     A single-stage funnel's answer is its shortlist."""
@@ -266,7 +281,7 @@ def _later_stages(
     for position, stage in enumerate(stages[1:], start=1):
         if position == len(stages) - 1:  # the last stage keeps extra rows for held-in queries
             stage = Stage(stage.dim, stage.keep + 1, stage.precision)
-        _, rows, stage_bytes = rerank(store, query, rows, stage)
+        _, rows, stage_bytes = rerank(store, queries, rows, stage)
         read += stage_bytes
     return rows, read
 
@@ -347,14 +362,57 @@ def make_plan(
     """Measure every candidate on a calibration sample and choose within the budgets."""
     if store.rows - len(store.deleted_rows()) <= k + 1:
         raise MatryoshkaError(f"the index holds too few rows to plan a top-{k} search")
-    for name, value in (("memory_gb", memory_gb), ("latency_ms", latency_ms)):
-        if value is not None and value < 0:
-            raise MatryoshkaError(f"{name} must not be negative, got {value}")
-    if recall is not None and not 0 < recall <= 1:
-        raise MatryoshkaError(f"recall must be in (0, 1], got {recall}")
+    check_budgets(memory_gb, latency_ms, recall)
     calibration = calibration_sample(store, k, queries, sample)
     measured = measure(store, calibration, memory, timing_queries=timing_queries)
     chosen = choose(measured, memory_gb, latency_ms, recall)
     budgets = {"memory_gb": memory_gb, "latency_ms": latency_ms, "recall": recall}
     live = store.rows - len(store.deleted_rows())
     return Plan(chosen, k, budgets, pareto_frontier(measured), live, calibration.source)
+
+
+def check_budgets(memory_gb: float | None, latency_ms: float | None, recall: float | None) -> None:
+    for name, value in (("memory_gb", memory_gb), ("latency_ms", latency_ms)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise MatryoshkaError(f"{name} must be a finite number, not negative, got {value}")
+    if recall is not None and not 0 < recall <= 1:
+        raise MatryoshkaError(f"recall must be in (0, 1], got {recall}")
+
+
+CODE_BYTES = {"float": 4.0, "int8": 1.0, "binary": 1 / 8}  # per coordinate of a first-stage scan
+
+
+def funnel_cost(stages: list[Stage], rows: int, itemsize: int) -> int:
+    """Bytes read per query: the first stage scans every row's float32 prefix (or its int8 or packed
+    binary codes), later ones gather the shortlist's stored rows (or codes)."""
+    cost = int(rows * stages[0].dim * CODE_BYTES[stages[0].precision])
+    for previous, stage in itertools.pairwise(stages):
+        width = itemsize if stage.precision == "float" else CODE_BYTES[stage.precision]
+        cost += int(previous.keep * stage.dim * width)
+    return cost
+
+
+def fixed_default(full_dim: int, binary_dim: int, k: int) -> list[Stage]:
+    """The funnel of an index that recorded none (too few rows to calibrate): a popcount scan of every
+    sign bit keeping ``30 * k``, then the full dim."""
+    return [Stage(binary_dim, 30 * k, "binary"), Stage(full_dim, k)]
+
+
+def default_funnel(store: Store, memory: dict[int, np.ndarray], k: int = 10) -> list[Stage]:
+    """Cheapest (bytes read) funnel with a resident float or a binary first stage reaching
+    ``DEFAULT_RECALL`` recall@k on ``DEFAULT_QUERIES`` held-in rows; the most accurate when none does.
+    Exact search when the index holds too few rows to sample."""
+    if store.rows - len(store.deleted_rows()) <= k + 1:
+        return [Stage(store.full_dim, k)]
+    calibration = calibration_sample(store, k, size=DEFAULT_QUERIES)
+    itemsize = np.dtype(store.manifest["dtype"]).itemsize
+    funnels = [
+        (stages, True)
+        for stages, resident_first in candidate_funnels(store, k)
+        if len(stages) > 1 and (resident_first or stages[0].precision == "binary")
+    ]
+    measured = measure(store, calibration, memory, funnels, timing_queries=0)
+    reaching = [parse_funnel(c.funnel, store.full_dim, k) for c in measured if c.recall >= DEFAULT_RECALL]
+    if reaching:
+        return min(reaching, key=lambda stages: funnel_cost(stages, store.rows, itemsize))
+    return parse_funnel(max(measured, key=lambda c: c.recall).funnel, store.full_dim, k)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from matryoshka.dims import validate_dim
 from matryoshka.errors import DimensionError, MatryoshkaError
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ class SearchResult:
     records: Records = field(repr=False, compare=False)
     stages: list[StageStats] = field(default_factory=list)
     funnel: str = ""
-    answered: list[str] = field(default_factory=list)  # per query, the stage whose ranking answered
 
     @cached_property
     def _records(self) -> tuple[list[list[str]], list[list[str | None]]]:
@@ -83,10 +83,14 @@ class SearchResult:
 
 
 def parse_funnel(text: str, full_dim: int, k: int) -> list[Stage]:
-    """``"32:1000,128:100"`` (each ``[precision@]dim:keep``, dim may be ``full``) -> stages ending at
-    full:k."""
+    """``"32:1000,128:100"`` -> stages ending at full:k. Each stage is ``[precision@]dim:keep`` (dim may
+    be ``full``); the last stage keeps ``k``. A funnel ends with a float stage at the full dim unless
+    its last stage is written without a keep: ``"64"`` alone is an exact search at the 64-dim prefix."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise MatryoshkaError(f"empty funnel {text!r}")
     stages = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
+    for part in parts:
         precision, _, rest = part.rpartition("@")
         dim_text, _, keep_text = rest.partition(":")
         try:
@@ -96,18 +100,45 @@ def parse_funnel(text: str, full_dim: int, k: int) -> list[Stage]:
             raise MatryoshkaError(f"bad funnel stage {part!r}: expected DIM:KEEP, e.g. 32:1000") from None
         if (precision or "float") not in PRECISION_NAMES:
             raise MatryoshkaError(f"bad funnel stage {part!r}: precision must be one of {PRECISION_NAMES}")
-        if keep < 1:
-            raise MatryoshkaError(f"bad funnel stage {part!r}: keep must be at least 1")
         stages.append(Stage(dim, keep, precision or "float"))
-    if not stages:
-        raise MatryoshkaError(f"empty funnel {text!r}")
-    if (stages[-1].dim, stages[-1].precision) != (full_dim, "float"):
+    final = ":" not in parts[-1]
+    if not final and (stages[-1].dim, stages[-1].precision) != (full_dim, "float"):
         stages.append(Stage(full_dim, k))
+    return checked_funnel(stages, full_dim, k)
+
+
+def checked_funnel(stages: list[Stage], full_dim: int, k: int) -> list[Stage]:
+    """``stages`` with the last keeping ``k``, or a clear error: dims within the full dim, and no stage
+    keeping fewer rows than the ``k`` asked for (it would silently cut the answer short)."""
+    if not stages:
+        raise MatryoshkaError("a funnel needs at least one stage")
+    if k < 1:
+        raise MatryoshkaError(f"k must be at least 1, got {k}")
+    for stage in stages:
+        validate_dim(stage.dim, full_dim)
+        if stage.keep < k and stage is not stages[-1]:
+            raise MatryoshkaError(f"funnel stage {stage} keeps fewer rows than the {k} asked for")
     return [*stages[:-1], Stage(stages[-1].dim, k, stages[-1].precision)]
 
 
-def stages_text(stages: list[Stage]) -> str:
-    return ",".join(str(s) for s in stages)
+def stages_text(stages: list[Stage], full_dim: int) -> str:
+    """The funnel's text, read back by :func:`parse_funnel` (a last stage short of the full dim is
+    written without its keep, so it stays the last)."""
+    parts = [str(s) for s in stages]
+    last = stages[-1]
+    if (last.dim, last.precision) != (full_dim, "float"):
+        parts[-1] = parts[-1].rpartition(":")[0]
+    return ",".join(parts)
+
+
+def scaled_funnel(text: str, full_dim: int, k: int) -> list[Stage]:
+    """A saved funnel (a calibrated default, a plan's choice; its last stage keeps the k it was chosen
+    for) for top-``k``: every shortlist grows by ``k`` over that k, never shrinks."""
+    chosen_for = int(text.rpartition(":")[2])
+    stages = parse_funnel(text, full_dim, chosen_for)
+    grow = max(1.0, k / chosen_for)
+    widened = [Stage(s.dim, int(s.keep * grow), s.precision) for s in stages[:-1]]
+    return checked_funnel([*widened, stages[-1]], full_dim, k)
 
 
 def query_vectors(

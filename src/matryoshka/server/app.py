@@ -39,7 +39,7 @@ from matryoshka.server.schemas import (
     StageReport,
     Usage,
 )
-from matryoshka.server.search import IndexService, bytes_per_vector
+from matryoshka.server.search import IndexService, PlanMissing, bytes_per_vector
 from matryoshka.server.security import BodySizeLimit, LoadShedding, bearer_ok
 
 SEARCH_MODES = ("dimensions", "funnel", "latency_ms", "recall")
@@ -140,7 +140,12 @@ def create_app(
         "/v1/search",
         response_model=SearchResponse,
         dependencies=guarded,
-        responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+        responses={
+            400: {"model": ErrorBody},
+            404: {"model": ErrorBody},
+            409: {"model": ErrorBody},
+            503: {"model": ErrorBody},
+        },
     )
     async def search(body: SearchRequest) -> SearchResponse:
         """Top k of the served index for a text query: at a prefix, through a funnel, or by default."""
@@ -161,13 +166,17 @@ def create_app(
                 400, f"give at most one of {', '.join(SEARCH_MODES)} (got {', '.join(chosen)})", chosen[1]
             )
         budget = {name: getattr(body, name) for name in ("latency_ms", "recall") if name in chosen}
-        dim = engine.encoder.check_dim(body.dimensions) if body.dimensions is not None else None
+        funnel = body.funnel
+        if body.dimensions is not None:
+            funnel = str(engine.encoder.check_dim(body.dimensions))
         texts_from_input(body.query, limits)
         started = time.perf_counter()
         full, _ = await encode([body.query])
         encoded = time.perf_counter()
         try:
-            result, stages = await index.search(full[0], body.k, dim, body.funnel, budget)
+            result, stages = await index.search(full[0], body.k, funnel, budget)
+        except PlanMissing as exc:
+            raise ApiError(409, str(exc), chosen[0], "plan_missing") from None
         except MatryoshkaError as exc:
             raise ApiError(400, str(exc), chosen[0] if chosen else None, "invalid_value") from None
         done = time.perf_counter()
@@ -184,7 +193,7 @@ def create_app(
                 ms=1000 * stats.seconds,
                 bytes_read=stats.bytes_read,
             )
-            for stage, stats in zip(stages, result.stages, strict=False)  # a latency budget may stop early
+            for stage, stats in zip(stages, result.stages, strict=True)
         ]
         timings = {
             "encode": 1000 * (encoded - started),

@@ -72,8 +72,13 @@ class SearchRequest(BaseModel):
     index: str | None = Field(None, description="Name of the index (the one served, if given).")
     dimensions: Any = Field(None, description="Exact search at this prefix.")
     funnel: str | None = Field(None, description="Stages as DIM:KEEP,..., e.g. 32:1000,128:100.")
-    latency_ms: float | None = Field(None, gt=0, description="Deepest stage finished within this many ms.")
-    recall: float | None = Field(None, gt=0, le=1, description="Fastest planned funnel reaching it.")
+    latency_ms: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="The saved plan's most accurate funnel within this many ms.",
+    )
+    recall: float | None = Field(None, gt=0, le=1, description="The saved plan's fastest funnel reaching it.")
 
 
 class SearchHit(BaseModel):

@@ -17,9 +17,6 @@ import numpy as np
 from matryoshka.encoder import Encoder
 from matryoshka.errors import MatryoshkaError
 from matryoshka.index import MatryoshkaIndex, Stage
-from matryoshka.index.stages import parse_funnel, stages_text
-
-DEFAULT_K = 10
 
 
 def bytes_per_vector(stage: Stage, stored_itemsize: int) -> int:
@@ -47,39 +44,38 @@ class IndexService:
         info = index.info()
         if info["live"] == 0:
             raise MatryoshkaError(f"index {self.path} is empty: add documents before serving it")
-        # An uncalibrated index would re-calibrate on every default search: pick its funnel once here.
-        funnel = info["funnel"] or stages_text(index.stages_for(DEFAULT_K))
-        first = index.stages_for(DEFAULT_K, funnel=funnel)[0]
-        if first.precision == "float":
-            index.load(first.dim)  # read the default first stage's prefix now, not on the first query
-        return index, funnel, int(info["live"])
+        index.prepare()
+        return index, info["funnel"], int(info["live"])
 
     def describe(self) -> dict:
         return {"name": self.name, "rows": self.rows, "default_funnel": self.default_funnel}
 
-    async def search(
-        self,
-        vector: np.ndarray,
-        k: int,
-        dim: int | None = None,
-        funnel: str | None = None,
-        budget: dict | None = None,
-    ) -> tuple[object, list[Stage]]:
-        """Top ``k`` for one full-dim query vector: exact at ``dim``, through ``funnel``, within a planner
-        ``budget`` (``{"recall": R}`` or ``{"latency_ms": L}``), or through the default funnel."""
+    async def search(self, vector: np.ndarray, k: int, funnel: str | None = None, budget: dict | None = None):
+        """Top ``k`` for one full-dim query vector through ``funnel`` (None: the index's default), or
+        the saved plan's funnel for a ``budget`` (``{"recall": R}`` or ``{"latency_ms": L}``)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._search, vector, k, dim, funnel, budget
+            self._thread, self._search, vector, k, funnel, budget
         )
 
-    def _search(self, vector: np.ndarray, k: int, dim: int | None, funnel: str | None, budget: dict | None):
-        if budget:
-            result = self.index.search(vector[None, :], k, **budget).fetched()
-            return result, parse_funnel(result.funnel, self.index.store.full_dim, k)
-        if dim is None and funnel is None:
-            funnel = self.default_funnel
-        stages = self.index.stages_for(k, dim=dim, funnel=funnel)
-        return self.index.search(vector[None, :], k, funnel=stages).fetched(), stages
+    def _search(self, vector: np.ndarray, k: int, funnel: str | None, budget: dict | None):
+        chosen = self._planned(budget) if budget else funnel
+        stages = self.index.stages_for(chosen, k)
+        return self.index.search(vector[None, :], k, funnel=chosen).fetched(), stages
+
+    def _planned(self, budget: dict):
+        plan = self.index.saved_plan()
+        if plan is None:
+            raise PlanMissing(
+                f"index {self.name} has no saved plan: run `matryoshka index plan {self.path}` first"
+            )
+        if "recall" in budget:
+            return plan.for_recall(budget["recall"])
+        return plan.for_latency(budget["latency_ms"])
 
     def close(self) -> None:
         self._thread.submit(self.index.close).result()
         self._thread.shutdown()
+
+
+class PlanMissing(MatryoshkaError):
+    """A budget asked of an index with no saved plan: the server answers 409."""

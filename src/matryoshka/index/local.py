@@ -1,7 +1,8 @@
-"""MatryoshkaIndex: the small, stable Python face of an index directory (create/open/add/delete/search).
+"""The local index: a directory of memory-mapped chunk files, codes and SQLite rows (``store.py``),
+searched through funnels (``search.py``), with a default funnel and plans from ``planner.py``.
 
-The planner and the Milvus back end build on this: a funnel is a list of :class:`Stage`, a search
-returns ids, scores, texts and per-stage stats.
+A search never writes: the default funnel is calibrated when rows are added or compacted and saved
+in the manifest; budgets are resolved by :meth:`MatryoshkaIndex.plan` before any search.
 """
 
 from __future__ import annotations
@@ -15,37 +16,46 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import DimensionError, MatryoshkaError
-from matryoshka.index import writer
-from matryoshka.index.funnel import calibrate_funnel, precision_cascade
+from matryoshka.index import planner, writer
+from matryoshka.index.planner import Candidate, Plan
 from matryoshka.index.rotation import check_rotation, load_rotation, save_rotation
 from matryoshka.index.search import funnel_search, load_prefix
-from matryoshka.index.stages import SearchResult, Stage, StageStats, parse_funnel, query_vectors, stages_text
+from matryoshka.index.stages import (
+    SearchResult,
+    Stage,
+    StageStats,
+    checked_funnel,
+    parse_funnel,
+    query_vectors,
+    scaled_funnel,
+    stages_text,
+)
 from matryoshka.index.store import DEFAULT_BOUNDARIES, Store, write_manifest
 
 if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
-    from matryoshka.index.adaptive import DepthModel
-    from matryoshka.index.planner import Plan
 
 DEFAULT_K = 10
+Funnel = str | list[Stage] | Candidate
 
 
 class MatryoshkaIndex:
-    """An index directory opened for reading and writing. See ``docs`` in the module for the layout."""
+    """An index directory opened for reading and writing."""
+
+    backend = "local"
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.resident: dict[int, np.ndarray] = {}
+        self.resident: dict[int, np.ndarray] = {}  # re-normalised float32 prefixes held in RAM, by dim
         self._encoder: Encoder | None = None
         self._graphs: dict[int, object] = {}
         self._rotation: np.ndarray | None = None
-        self.stage_seconds: dict[str, float] = {}  # latency-budget mode's running stage timings
 
     # ---- lifecycle ------------------------------------------------------------------------------
     @classmethod
     def create(
         cls,
-        path: str | os.PathLike,
+        target: str | os.PathLike,
         model: str | os.PathLike | Encoder | None = None,
         full_dim: int | None = None,
         chunks: Sequence[int] = DEFAULT_BOUNDARIES,
@@ -53,20 +63,12 @@ class MatryoshkaIndex:
         int8_dim: int | None = None,
         binary_dim: int | None = None,
         vectors_from: str | None = None,
-        backend: str = "local",
         rotation: np.ndarray | None = None,
-        **milvus_options: object,
     ) -> MatryoshkaIndex:
-        """A new empty index for ``model``'s vectors (or bare ``full_dim`` vectors with no model).
+        """A new empty index directory for ``model``'s vectors (or bare ``full_dim`` vectors).
 
         ``rotation``: an orthogonal matrix applied to every vector and query (``rotation.fit_rotation``
-        makes one from sample vectors), so vectors that do not nest get prefixes that do.
-        ``backend="milvus"`` makes a :class:`~matryoshka.index.milvus.MilvusIndex` at ``path`` (a Milvus
-        Lite ``.db`` file or ``http://host:19530``); ``milvus_options`` go to its ``create``."""
-        if backend != "local":
-            if rotation is not None:
-                raise MatryoshkaError("rotation is a local index option: Milvus stores vectors as given")
-            return _milvus(backend).create(path, model, full_dim, **milvus_options)  # type: ignore[return-value]
+        makes one from sample vectors), so vectors that do not nest get prefixes that do."""
         source: dict = {"kind": "vectors" if vectors_from else "model", "path": vectors_from}
         if model is not None:
             encoder = model if hasattr(model, "fingerprint") else _encoder(model)
@@ -79,22 +81,14 @@ class MatryoshkaIndex:
         elif full_dim is None:
             raise MatryoshkaError("an index needs a model or the full dim of its vectors")
         matrix = None if rotation is None else check_rotation(rotation, full_dim)
-        index = cls(Store.create(path, full_dim, tuple(chunks), dtype, int8_dim, binary_dim, source))
+        index = cls(Store.create(target, full_dim, tuple(chunks), dtype, int8_dim, binary_dim, source))
         if matrix is not None:
             index._update_manifest(rotation=save_rotation(index.store.root, matrix))
         return index
 
     @classmethod
-    def open(
-        cls, path: str | os.PathLike, load_dim: int | None = None, backend: str = "local", **milvus_options
-    ) -> MatryoshkaIndex:
-        """Open an index; ``load_dim`` reads that prefix into memory now (else on the first search)."""
-        if backend != "local":
-            return _milvus(backend).open(path, **milvus_options)  # type: ignore[return-value]
-        index = cls(Store(path))
-        if load_dim is not None:
-            index.load(load_dim)
-        return index
+    def open(cls, target: str | os.PathLike) -> MatryoshkaIndex:
+        return cls(Store(target))
 
     def load(self, dim: int) -> None:
         """Hold the re-normalised ``dim`` prefix of every row in memory (reads only the chunks it needs)."""
@@ -104,6 +98,10 @@ class MatryoshkaIndex:
     def close(self) -> None:
         self.store.close()
 
+    @property
+    def live_rows(self) -> int:
+        return self.store.rows - len(self.store.deleted_rows())
+
     # ---- writing --------------------------------------------------------------------------------
     def add(
         self,
@@ -112,14 +110,24 @@ class MatryoshkaIndex:
         ids: Sequence[str] | None = None,
         metadata: Sequence[dict | None] | None = None,
     ) -> int:
-        """Append one committed batch: given vectors, or ``texts`` encoded with the index's model."""
+        """Append one committed batch (given vectors, or ``texts`` encoded with the index's model);
+        returns the live row count. The first add calibrates the default funnel, and so does each add
+        that doubles the rows it was calibrated on (a cost bounded by twice the last calibration)."""
         if vectors is None:
             if texts is None:
                 raise MatryoshkaError("add needs vectors or texts")
             vectors = self.encoder.encode_full(list(texts))
-        rows = writer.append(self.store, self.rotated(vectors), ids, texts, metadata)
+        writer.append(self.store, self.rotated(vectors), ids, texts, metadata)
         self._forget_memory()
-        return rows
+        if self.live_rows > 2 * (self.store.manifest.get("funnel_rows") or 0):
+            self.calibrate()
+        return self.live_rows
+
+    def texts_of(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """The text of each of ``ids`` the index holds (live rows only)."""
+        rows = self.store.rows_of([str(i) for i in ids])
+        found = self.store.records(np.array(list(rows.values()), dtype=np.int64))
+        return {key: text for key, text, _ in found}
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Tombstone rows by id; returns the ids that were not found."""
@@ -129,17 +137,22 @@ class MatryoshkaIndex:
         """Drop tombstoned rows for good (new file generation); returns the live row count."""
         rows = writer.compact(self.store)
         self._forget_memory()
+        self.calibrate()
         return rows
 
     def _forget_memory(self) -> None:
         self.resident.clear()
         self._graphs.clear()
 
-    def calibrate(self, k: int = DEFAULT_K) -> list[Stage]:
-        """Pick the default funnel on the index's own rows and record it in the manifest."""
-        stages = calibrate_funnel(self.store, self.resident, k)
-        self._update_manifest(funnel=stages_text(stages))
-        return stages
+    def calibrate(self) -> str:
+        """Calibrate the default funnel on the index's own rows (``planner.default_funnel``) and save it
+        with the row count it saw; returns it."""
+        stages = planner.default_funnel(self.store, self.resident, DEFAULT_K)
+        for dim in set(self.resident) - {stages[0].dim}:
+            del self.resident[dim]
+        funnel = stages_text(stages, self.store.full_dim)
+        self._update_manifest(funnel=funnel, funnel_rows=self.live_rows)
+        return funnel
 
     def plan(
         self,
@@ -149,43 +162,25 @@ class MatryoshkaIndex:
         k: int = DEFAULT_K,
         queries: np.ndarray | None = None,
         save: bool = True,
-        sample: int | None = None,
+        sample: int = planner.CALIBRATION_QUERIES,
     ) -> Plan:
-        """Measure candidate funnels on a calibration sample (``queries``: a query log) and choose
-        within the budgets (``sample`` calibration queries, by default ``planner.CALIBRATION_QUERIES``);
-        saved in the manifest. Prefixes the plan does not hold leave RAM."""
-        from matryoshka.index.planned import new_plan
-
-        queries = None if queries is None else self.rotated(queries)
-        plan = new_plan(self, k, memory_gb, latency_ms, recall, queries, sample)
-        for dim in set(self.resident) - set(plan.chosen.resident):
+        """Measure candidate funnels on ``sample`` calibration queries (``queries``: a query log, else
+        held-in rows) and choose within the budgets; saved in the manifest, where a search with no
+        funnel finds it. Prefixes the chosen funnel does not hold leave RAM."""
+        log = None if queries is None else self.rotated(queries)
+        made = planner.make_plan(
+            self.store, self.resident, k, memory_gb, latency_ms, recall, log, sample=sample
+        )
+        for dim in set(self.resident) - set(made.chosen.resident):
             del self.resident[dim]
         self.store.release_copies()  # sign-bit prefixes measured while planning
         if save:
-            self._update_manifest(plan=plan.to_json())
-        return plan
+            self._update_manifest(plan=made.to_json())
+        return made
 
-    def saved_plan(self) -> tuple[Plan | None, bool]:
-        """The saved plan (or None) and whether the index has grown past it (stale)."""
-        from matryoshka.index.planned import plan_is_stale, saved_plan
-
-        plan = saved_plan(self)
-        return plan, plan is not None and plan_is_stale(self, plan)
-
-    def train_adaptive(
-        self,
-        k: int = DEFAULT_K,
-        queries: np.ndarray | None = None,
-        funnel: str | None = None,
-        target_recall: float | None = None,
-    ) -> DepthModel:
-        """Fit per-query depth (margin, predictor and rank rules) on up to ``DEPTH_QUERIES`` (1000) logged
-        queries, or held-in rows when none are given; saved with the index."""
-        from matryoshka.index.planned import train
-
-        model, _ = train(self, k, None if queries is None else self.rotated(queries), funnel, target_recall)
-        self._update_manifest(adaptive=model.record(model.save(self.store.root)))
-        return model
+    def saved_plan(self) -> Plan | None:
+        record = self.store.manifest.get("plan")
+        return Plan.from_json(record) if record else None
 
     def _update_manifest(self, **changes: object) -> None:
         manifest = json.loads(json.dumps(self.store.manifest)) | changes
@@ -197,15 +192,14 @@ class MatryoshkaIndex:
     def encoder(self) -> Encoder:
         """The model that made this index's vectors (checked by fingerprint), for text queries."""
         if self._encoder is None:
-            self.use_encoder(_encoder(self._model_name()))
+            name = self.store.manifest["source"].get("model")
+            if not name:
+                raise MatryoshkaError(
+                    "this index holds vectors from no recorded model: search it with vectors"
+                )
+            self.use_encoder(_encoder(name))
         assert self._encoder is not None
         return self._encoder
-
-    def _model_name(self) -> str:
-        name = self.store.manifest["source"].get("model")
-        if not name:
-            raise MatryoshkaError("this index holds vectors from no recorded model: search it with vectors")
-        return name
 
     def use_encoder(self, encoder: Encoder) -> None:
         """Encode text queries with ``encoder``; refused unless it is the model that made the index."""
@@ -221,62 +215,65 @@ class MatryoshkaIndex:
             )
         self._encoder = encoder
 
-    def stages_for(
-        self, k: int, dim: int | None = None, funnel: str | None = None, precision: str | None = None
-    ) -> list[Stage]:
-        """Stages of a search: one exact stage at ``dim``, a funnel, a precision cascade, or the default."""
-        if sum(option is not None for option in (dim, funnel, precision)) > 1:
-            raise MatryoshkaError("give at most one of dim, funnel and precision")
+    def default_funnel(self) -> str | Candidate:
+        """What a search with no funnel runs: the saved plan's choice while the index has not outgrown
+        it, else the calibrated default, else (too few rows to calibrate) ``planner.fixed_default``."""
+        plan = self.saved_plan()
+        if plan is not None and not plan.is_stale(self.live_rows):
+            return plan.chosen
+        if self.store.manifest.get("funnel"):
+            return self.store.manifest["funnel"]
+        manifest = self.store.manifest
+        return stages_text(
+            planner.fixed_default(manifest["full_dim"], manifest["binary_dim"], DEFAULT_K),
+            manifest["full_dim"],
+        )
+
+    def stages_for(self, funnel: Funnel | None = None, k: int = DEFAULT_K) -> list[Stage]:
+        """The stages a search for top-``k`` runs: a funnel as given (text or stages), a plan's
+        candidate, or with None the default funnel widened for ``k``."""
         full = self.store.full_dim
-        if dim is not None:
-            return [Stage(dim, k)]
-        if funnel is not None:
-            return parse_funnel(funnel, full, k)
-        if precision is not None:
-            return precision_cascade(precision, self.store, k)
-        if self.store.manifest.get("funnel") is None:
-            return calibrate_funnel(self.store, self.resident, k)
-        stages = parse_funnel(self.store.manifest["funnel"], full, DEFAULT_K)
-        grow = max(1.0, k / DEFAULT_K)
-        return [*(Stage(s.dim, int(s.keep * grow), s.precision) for s in stages[:-1]), Stage(full, k)]
+        if funnel is None:
+            funnel = self.default_funnel()
+            if isinstance(funnel, str):
+                return scaled_funnel(funnel, full, k)
+        if isinstance(funnel, Candidate):
+            return funnel.stages(full, k)
+        if isinstance(funnel, list):
+            return checked_funnel(funnel, full, k)
+        return parse_funnel(funnel, full, k)
 
     def search(
         self,
         queries: str | Sequence[str] | np.ndarray,
         k: int = DEFAULT_K,
-        dim: int | None = None,
-        funnel: str | list[Stage] | None = None,
-        precision: str | None = None,
+        funnel: Funnel | None = None,
         hnsw: bool = False,
-        plan: str | Plan | None = None,
-        latency_ms: float | None = None,
-        recall: float | None = None,
-        adaptive: bool | str = False,
     ) -> SearchResult:
-        """Top ``k`` rows per query (texts are encoded with the index's model, vectors used as given).
-
-        Budgets instead of a funnel: ``plan`` ("auto" or a Plan), ``recall`` (fastest saved-frontier
-        plan reaching it), ``latency_ms`` (deepest stage finished in time), ``adaptive`` (per-query
-        depth, "predictor" or "margin"); see planned.py."""
-        if k < 1:
-            raise MatryoshkaError(f"k must be at least 1, got {k}")
+        """Top ``k`` rows per query (texts are encoded with the index's model, vectors used as given)
+        through ``funnel``: text like ``binary@384:300`` or ``32:1000,128:100`` (``64`` alone: exact at
+        that prefix), a list of stages, or a plan's candidate; None runs :meth:`default_funnel`.
+        ``hnsw``: the first stage's shortlist comes from the prefix graph (:meth:`build_hnsw`)."""
+        stages = self.stages_for(funnel, k)
         vectors = self._query_vectors(queries)
-        if plan is not None or latency_ms is not None or recall is not None or adaptive:
-            if dim is not None or funnel is not None or precision is not None or hnsw:
-                raise MatryoshkaError("budgets replace dim, funnel, precision and hnsw: give one")
-            from matryoshka.index.planned import planned_search
+        held = self.prepare(funnel, hnsw)
+        candidates = self._graph_candidates if hnsw else None
+        scores, rows, stats = funnel_search(self.store, vectors, stages, held, candidates)
+        return self._result(scores, rows, stats, stages)
 
-            found = planned_search(self, vectors, k, plan, latency_ms, recall, adaptive)
-            result = self._result(*found[:4])
-            result.answered = found[4]
-            return result
-        stages = funnel if isinstance(funnel, list) else self.stages_for(k, dim, funnel, precision)
-        first = stages[0]
+    def prepare(self, funnel: Funnel | None = None, hnsw: bool = False) -> dict[int, np.ndarray]:
+        """The prefixes a search through ``funnel`` reads from RAM, loaded now if they are not held (a
+        server calls this at start so its first query does not pay): a plan's resident dims only (its
+        memory budget), else a float first stage's prefix and whatever else is held."""
+        funnel = self.default_funnel() if funnel is None else funnel
+        if isinstance(funnel, Candidate):
+            for dim in funnel.resident:
+                self.load(dim)
+            return {dim: self.resident[dim] for dim in funnel.resident}
+        first = self.stages_for(funnel, 1)[0]  # the first stage does not depend on k
         if first.precision == "float" and not hnsw:
             self.load(first.dim)
-        candidates = self._graph_candidates if hnsw else None
-        scores, rows, stats = funnel_search(self.store, vectors, stages, self.resident, candidates)
-        return self._result(scores, rows, stats, stages)
+        return self.resident
 
     def _query_vectors(self, queries: str | Sequence[str] | np.ndarray) -> np.ndarray:
         return self.rotated(query_vectors(queries, self.store.full_dim, lambda: self.encoder))
@@ -306,9 +303,9 @@ class MatryoshkaIndex:
             texts = [[lookup[r][1] for r in query_rows if r >= 0] for query_rows in rows.tolist()]
             return ids, texts
 
-        return SearchResult(scores, rows, records, stats, stages_text(stages))
+        return SearchResult(scores, rows, records, stats, stages_text(stages, store.full_dim))
 
-    # ---- approximate first stage --------------------------------------------------------------------
+    # ---- approximate first stage ----------------------------------------------------------------
     def build_hnsw(self, dim: int = 32, neighbours: int = 32, ef_construction: int = 40) -> Path:
         """An HNSW graph (faiss) over the ``dim`` prefix only, saved next to the data."""
         from matryoshka.index.graph import build_graph, save_graph
@@ -333,33 +330,17 @@ class MatryoshkaIndex:
         return graph_candidates(self._graphs[stage.dim], queries, stage, self.store.deleted_rows())
 
     def info(self) -> dict:
-        """Manifest facts plus live and deleted row counts."""
+        """Manifest facts, the default funnel, and live and deleted row counts."""
         manifest = self.store.manifest
-        deleted = len(self.store.deleted_rows())
-        keys = (
-            "source",
-            "full_dim",
-            "chunks",
-            "dtype",
-            "int8_dim",
-            "binary_dim",
-            "rows",
-            "funnel",
-            "format_version",
-        )
+        keys = ("source", "full_dim", "chunks", "dtype", "int8_dim", "binary_dim", "rows", "format_version")
+        default = self.default_funnel()
         return {key: manifest.get(key) for key in keys} | {
+            "backend": self.backend,
+            "funnel": default.funnel if isinstance(default, Candidate) else default,
             "rotated": "rotation" in manifest,
-            "live": manifest["rows"] - deleted,
-            "deleted": deleted,
+            "live": self.live_rows,
+            "deleted": len(self.store.deleted_rows()),
         }
-
-
-def _milvus(backend: str) -> type:
-    if backend != "milvus":
-        raise MatryoshkaError(f"unknown index backend {backend!r}: use local or milvus")
-    from matryoshka.index.milvus import MilvusIndex
-
-    return MilvusIndex
 
 
 def _encoder(model: str | os.PathLike) -> Encoder:
