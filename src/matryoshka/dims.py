@@ -59,7 +59,7 @@ def truncate(x: ArrayT, dim: int | None = None) -> ArrayT:
         if prefix.dtype.kind != "f":
             prefix = prefix.astype(np.float32)
         # Norms in float32 at least, so float16 prefixes do not overflow when squared. np.linalg.norm's
-        # own sum of squares, without its checks: 3.2 against 5.5 us for one 384-dim query.
+        # own sum of squares, without its checks (faster for one query).
         wide = prefix if prefix.dtype.itemsize >= 4 else prefix.astype(np.float32)
         norms = np.sqrt(np.add.reduce(wide * wide, axis=-1, keepdims=True))
         norms[norms == 0] = 1

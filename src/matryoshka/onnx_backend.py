@@ -31,12 +31,10 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-# The backend CPU encoders use unless told otherwise, from bench/encode.py (docs/benchmarks.md).
-# ONNX fp32: 5.5x sentence-transformers on short texts, vectors equal to torch (min cosine 1.0), and a
-# text's vector does not depend on its batch (max diff 4.5e-8 alone vs in a batch of 32). onnx-int8 is
-# faster still (11.9x) and within 0.22 STS-B points, but dynamic quantisation scales activations per
-# batch, so the same text moved by up to 0.027 per coordinate (cosine 0.9897) with other batch-mates:
-# a served or indexed vector would depend on concurrent traffic. It stays opt-in (backend="onnx-int8").
+# The backend CPU encoders use unless told otherwise, chosen by bench/encode.py (docs/benchmarks.md):
+# ONNX fp32 is faster than sentence-transformers with the same vectors, and a text's vector does not
+# depend on its batch. onnx-int8 is faster still, but dynamic quantisation scales activations per
+# batch, so a served or indexed vector would depend on concurrent traffic: it stays opt-in.
 DEFAULT_CPU_BACKEND = "onnx"
 BACKEND_ENV = "MATRYOSHKA_BACKEND"
 EXPORT_VERSION = 1  # bump when the export or quantisation settings change: old files are then ignored

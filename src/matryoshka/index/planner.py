@@ -262,7 +262,7 @@ def measure(
         for row, (stages, held) in enumerate(searches):
             # each candidate in turn gets another query: one query through many alike candidates in a
             # row finds its shortlisted rows already in the CPU caches, a new query does not (a funnel
-            # re-ranking 1000 rows at 256 dims was timed 12% fast that way)
+            # re-ranking many rows is timed too fast that way)
             query = calibration.queries[(column + row) % count]
             started = time.perf_counter()
             funnel_search(store, query[None], stages, held)
@@ -311,7 +311,7 @@ def choose(
     recall: float | None = None,
 ) -> Candidate:
     """The fastest candidate meeting a recall target, else the fastest of those within ``RECALL_TIE``
-    of the most accurate within the other budgets (a full mapped scan 300x slower for 0.002 more recall
+    of the most accurate within the other budgets (a full mapped scan far slower for 0.002 more recall
     on a calibration sample is not a better plan).
 
     Raises :class:`PlanError` naming the nearest feasible plan when no candidate meets every budget.

@@ -68,7 +68,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         columns = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:
         columns = np.broadcast_to(np.arange(k), scores.shape)
-    # broadcast row indexing, not take_along_axis: 6.7 against 12.0 us for 10 of 300 scores
+    # broadcast row indexing: faster than take_along_axis on these small matrices
     lines = np.arange(len(scores))[:, None]
     picked = scores[lines, columns]
     order = np.argsort(-picked, axis=1, kind="stable")
@@ -170,9 +170,7 @@ def hamming_scan(store: Store, queries: np.ndarray, stage: Stage) -> tuple[np.nd
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), 0
     # the sign of a prefix coordinate does not depend on re-normalisation, so no truncate() here
     query_codes = np.packbits(queries[:, : stage.dim] > 0, axis=1)
-    # The counting "mc" kernel in blocks of 8 queries. k=300 over 100k 384-bit codes, us per query in
-    # batches of 64: 244 against the heap "hc" 281 over the whole batch and "mc" 341 (126 against 149
-    # on two threads); one query at a time, 244 against 296.
+    # faiss' counting "mc" kernel in blocks of 8 queries: the fastest variant here (bench/search.py)
     with few_threads(faiss, len(query_codes)):
         found = [
             faiss.knn_hamming(query_codes[start : start + 8], codes, keep, variant="mc")
@@ -190,9 +188,8 @@ def hamming_scan(store: Store, queries: np.ndarray, stage: Stage) -> tuple[np.nd
 
 @contextmanager
 def few_threads(faiss, queries: int) -> Iterator[None]:
-    """Run faiss on one thread for a handful of queries: OpenMP threads waking for one 100k-row scan
-    cost more than they share (0.47 against 0.31 ms on 2 cores; 0.29 against 0.03 ms for 2k rows, and
-    28 ms under load), while batches keep every thread."""
+    """Run faiss on one thread for a handful of queries: OpenMP threads waking for one scan cost more
+    than they share, worst on a loaded machine, while batches keep every thread."""
     if queries >= 16:
         yield
         return
@@ -231,7 +228,7 @@ def gathered_scores(
     else:
         dots, start, read = np.zeros(shape, np.float32), 0, 0
         for chunk, used in store.chunk_parts(stage.dim):
-            # take() gathers rows about 3x faster than fancy indexing (5 against 16 us, 300 rows)
+            # take() gathers rows faster than fancy indexing
             part = store.to_float32(chunk.take(rows, axis=0)[:, :used])
             dots += _row_dots(part, query_prefix[:, start : start + used], shape)
             start += used
@@ -241,7 +238,7 @@ def gathered_scores(
 
 def _resident_dots(resident: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Each query's dot with its own candidate rows of the unit-norm ``resident`` prefix, read in place
-    by faiss (no gathered copy: 20 against 47 us per query for 300 rows of 384 dims, batches of 64).
+    by faiss (no gathered copy).
     Pads (-1) read row 0; the caller masks them."""
     import faiss
 
