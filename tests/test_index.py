@@ -290,3 +290,24 @@ def test_single_query_binary_scan_runs_faiss_on_one_thread_and_restores_it(built
         assert seen == [1, 2, 2, 2] and faiss.omp_get_max_threads() == 2  # 20 queries: blocks of 8
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def test_searches_of_every_kind_never_write(built):
+    index, _, queries = built
+    index.build_hnsw(32)
+    plan = index.plan(recall=0.9, sample=30)
+    root = index.store.root
+    before = {path.name: path.read_bytes() for path in root.iterdir()}
+    reopened = MatryoshkaIndex.open(root)  # a fresh process's view: nothing cached yet
+    for options in (
+        {},
+        {"funnel": "64"},
+        {"funnel": "binary@384:100,int8@384:50"},
+        {"funnel": [Stage(32, 80), Stage(128, 20)]},
+        {"funnel": plan.chosen},
+        {"funnel": plan.for_recall(1.0)},
+        {"funnel": "32:100,128:30", "hnsw": True},
+    ):
+        assert reopened.search(queries, 20, **options).rows.shape == (QUERIES, 20)
+    reopened.close()
+    assert {path.name: path.read_bytes() for path in root.iterdir()} == before
