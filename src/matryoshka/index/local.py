@@ -148,8 +148,10 @@ class MatryoshkaIndex:
         """Calibrate the default funnel on the index's own rows (``planner.default_funnel``) and save it
         with the row count it saw; returns it."""
         stages = planner.default_funnel(self.store, self.resident, DEFAULT_K)
-        for dim in set(self.resident) - {stages[0].dim}:
+        keep = {stages[0].dim} if stages[0].precision == "float" else set()  # what the default holds
+        for dim in set(self.resident) - keep:
             del self.resident[dim]
+        self.store.release_copies()  # sign-bit prefixes measured while calibrating
         funnel = stages_text(stages, self.store.full_dim)
         self._update_manifest(funnel=funnel, funnel_rows=self.live_rows)
         return funnel
