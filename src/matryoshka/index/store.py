@@ -200,7 +200,7 @@ def _lock_holder(fd: int) -> str:
 def row_record_crc(rows: list[tuple[str, str | None, str | None]], crc: int = 0) -> int:
     """CRC-32 over the SQLite rows' (id, text, metadata JSON) in row order, chained from ``crc``."""
     for row in rows:
-        crc = zlib.crc32(json.dumps(list(row)).encode() + b"\n", crc)
+        crc = zlib.crc32(json.dumps(list(row), default=repr).encode() + b"\n", crc)  # repr: damaged types
     return crc
 
 
