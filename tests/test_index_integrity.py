@@ -324,6 +324,18 @@ def test_an_open_index_sees_deletes_appends_and_compaction_by_another(tmp_path, 
     assert reader.store.manifest["generation"] == 1 and reader.info()["deleted"] == 0
 
 
+def test_a_manifest_update_from_a_stale_store_keeps_another_writers_rows(tmp_path):
+    index, vectors = small_index(tmp_path / "idx")
+    stale = Store(index.store.root)  # e.g. a server that then saves a plan or a funnel
+    index.add(vectors[:3], ids=["x", "y", "z"])
+    stale.update_manifest(funnel="16:50,64:10")
+    reopened = MatryoshkaIndex.open(index.store.root)
+    assert reopened.store.rows == 304 and reopened.store.manifest["funnel"] == "16:50,64:10"
+    reopened.store.verify()
+    with pytest.raises(ValueError, match="cannot change"):
+        stale.update_manifest(rows=0)
+
+
 # ---- 5: float re-rank stages at dims inside a chunk ---------------------------------------------
 @pytest.mark.parametrize(
     "first, rerank",

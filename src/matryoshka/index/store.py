@@ -173,10 +173,10 @@ def _manifest_problem(manifest: dict) -> str | None:
     return None
 
 
-def _manifest_stamp(root: Path) -> tuple[int, ...] | None:
+def _manifest_stamp(root: Path | str) -> tuple[int, ...] | None:
     """What changes whenever the manifest is swapped (a new inode, mtime, ctime or size)."""
     try:
-        stat = os.stat(root / MANIFEST)
+        stat = os.stat(os.path.join(root, MANIFEST))
     except OSError:
         return None
     return (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
@@ -212,6 +212,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._root_text = os.fspath(self.root)  # a str: ``refresh`` stats on every search
         self._stamp = _manifest_stamp(self.root)
         self.manifest = read_manifest(self.root)
         self.opened: set[str] = set()
@@ -324,7 +325,7 @@ class Store:
     # ---- keeping up with other processes --------------------------------------------------------
     def changed_on_disk(self) -> bool:
         """Whether the manifest file was swapped since this object last read it (one stat call)."""
-        return _manifest_stamp(self.root) != self._stamp
+        return _manifest_stamp(self._root_text) != self._stamp
 
     def refresh(self) -> bool:
         """Reload when another process committed: True when rows, files or tombstones changed (then
@@ -394,6 +395,17 @@ class Store:
                 self._writing = 0
         finally:
             os.close(fd)  # closing releases the lock
+
+    def update_manifest(self, **changes: object) -> None:
+        """Record other keys (a funnel, a plan, a graph) under the writer lock, on top of the latest
+        commit: a stale in-memory manifest written back would undo another process's rows."""
+        if touched := set(changes) & {*DATA_KEYS, "format", "format_version", "chunks", "full_dim", "dtype"}:
+            raise ValueError(f"update_manifest cannot change {sorted(touched)}: appends and compaction do")
+        with self.writing():
+            manifest = json.loads(json.dumps(self.manifest)) | changes
+            write_manifest(self.root, manifest)
+            self.manifest = manifest
+            self._stamp = _manifest_stamp(self.root)
 
     def check_writable(self) -> None:
         """Refuse up front, before changing anything, when the directory or a file is not writable."""
