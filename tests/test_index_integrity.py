@@ -379,3 +379,29 @@ def test_bad_chunk_boundaries_are_refused(tmp_path):
             Store.create(tmp_path / "bad", 384, chunks)
     assert not (tmp_path / "bad" / MANIFEST).exists()
     assert MatryoshkaIndex.create(tmp_path / "small", full_dim=64).store.chunks == [[0, 32], [32, 64]]
+
+
+# ---- 9: the CLI prints one error line and exits 2 -----------------------------------------------------
+def test_the_cli_reports_damage_as_one_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from matryoshka.cli import app
+
+    index, vectors = small_index(tmp_path / "idx")
+    root = index.store.root
+    np.save(tmp_path / "v.npy", vectors[:2])
+    db = sqlite3.connect(root / "g0-rows.sqlite")
+    with db:
+        db.execute("DELETE FROM rows WHERE row = 5")
+    db.close()
+    runner = CliRunner()
+    verified = runner.invoke(app, ["index", "info", str(root), "--verify"])
+    assert verified.exit_code == 2
+    assert verified.output.strip().splitlines() == [
+        f"error: index {root} is damaged: g0-rows.sqlite holds 300 rows numbered 0..300, the manifest 301;"
+        " checksum mismatch in the ids, texts or metadata of g0-rows.sqlite"
+    ]
+    edit_manifest(root, '"rows": 301', '"rows": 300')
+    opened = runner.invoke(app, ["index", "info", str(root)])
+    assert opened.exit_code == 2
+    assert opened.output.strip() == f"error: {root / MANIFEST} is damaged: checksum mismatch"

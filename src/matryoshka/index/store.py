@@ -197,6 +197,31 @@ def _lock_holder(fd: int) -> str:
     return "another process"
 
 
+@contextmanager
+def writer_lock(root: Path, timeout: float | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on the index directory, waited for up to ``timeout`` seconds
+    ($MATRYOSHKA_LOCK_TIMEOUT, default 60); then an error naming the process that holds it."""
+    if timeout is None:
+        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT))
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise MatryoshkaError(
+                        f"index {root} is being written by {_lock_holder(fd)}"
+                        f" (waited {timeout:g} s): try again when it has finished"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def row_record_crc(rows: list[tuple[str, str | None, str | None]], crc: int = 0) -> int:
     """CRC-32 over the SQLite rows' (id, text, metadata JSON) in row order, chained from ``crc``."""
     for row in rows:
@@ -242,8 +267,6 @@ class Store:
             raise DimensionError(f"the full dim must be a positive integer, got {full_dim!r}")
         if tuple(boundaries) != DEFAULT_BOUNDARIES:  # the defaults are cut to the full dim
             check_boundaries(full_dim, boundaries)
-        if (root / MANIFEST).exists():
-            raise MatryoshkaError(f"{root} already holds an index")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -263,11 +286,16 @@ class Store:
         }
         if not 0 < manifest["int8_dim"] <= full_dim or not 0 < manifest["binary_dim"] <= full_dim:
             raise DimensionError(f"code dims must be between 1 and {full_dim}")
+        if (root / MANIFEST).exists():
+            raise MatryoshkaError(f"{root} already holds an index")
         try:
             root.mkdir(parents=True, exist_ok=True)
-            manifest["files"] = {name: {"bytes": 0, "crc32": 0} for name in cls._data_files(manifest)}
-            create_rows_table(root / cls._db_name(manifest))
-            write_manifest(root, manifest)
+            with writer_lock(root):  # two builds into one new directory: the second finds the first
+                if (root / MANIFEST).exists():
+                    raise MatryoshkaError(f"{root} already holds an index")
+                manifest["files"] = {name: {"bytes": 0, "crc32": 0} for name in cls._data_files(manifest)}
+                create_rows_table(root / cls._db_name(manifest))
+                write_manifest(root, manifest)
         except (OSError, sqlite3.Error) as exc:
             raise MatryoshkaError(f"cannot create an index in {root}: {exc}") from None
         return cls(root)
@@ -367,22 +395,7 @@ class Store:
             finally:
                 self._writing -= 1
             return
-        if timeout is None:
-            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT))
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise MatryoshkaError(
-                            f"index {self.root} is being written by {_lock_holder(fd)}"
-                            f" (waited {timeout:g} s): try again when it has finished"
-                        ) from None
-                    time.sleep(0.02)
+        with writer_lock(self.root, timeout):
             self._writing = 1
             try:
                 self.refresh()
@@ -393,8 +406,6 @@ class Store:
                 raise MatryoshkaError(f"cannot write index {self.root}: {exc}") from None
             finally:
                 self._writing = 0
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def update_manifest(self, **changes: object) -> None:
         """Record other keys (a funnel, a plan, a graph) under the writer lock, on top of the latest
