@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ def encode(
     """Encode texts at any dimension and precision."""
     if precision not in PRECISIONS:
         raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_output(out)  # before the model loads and every text is encoded
     encoder = Encoder(model, batch_size=batch_size, backend=backend, adapter=adapter)
     dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
     texts = read_texts(input, field)
@@ -45,3 +47,14 @@ def encode(
         np.save(out, array)
         written = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
     typer.echo(f"encoded {len(texts)} texts at {dim} dims ({precision}) -> {written}", err=True)
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output path that cannot be written: its folder missing or read-only, or a folder."""
+    folder = out.parent
+    if out.is_dir():
+        raise MatryoshkaError(f"--out {out} is a folder: give a file name, e.g. {out / 'vectors.npy'}")
+    if not folder.is_dir():
+        raise MatryoshkaError(f"--out {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise MatryoshkaError(f"--out {out}: the folder {folder} is not writable")

@@ -8,7 +8,9 @@ training report (``report.json`` + ``report.png``) next to the saved model.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -24,6 +26,20 @@ from matryoshka.train.schedules import DimSchedule
 
 DEFAULT_DIMS = (384, 256, 128, 64, 32, 16, 8)
 CHECKPOINTS = "checkpoints"
+RECIPE = "recipe.json"  # under checkpoints/: what a --resume must match
+# Settings a resumed run may change: how long it runs, how often it saves and logs, its dev set.
+RESUMABLE_CHANGES = (
+    "out",
+    "resume",
+    "extra",
+    "epochs",
+    "max_steps",
+    "save_steps",
+    "logging_steps",
+    "evaluate",
+    "dev",
+)
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is incomplete
 
 
 @dataclass
@@ -160,8 +176,7 @@ def train(config: TrainConfig) -> dict:
     dev = _dev_data(config, data) if config.evaluate else None
     out = Path(config.out)
     checkpoints = out / CHECKPOINTS
-    if config.resume and not _has_checkpoint(checkpoints):
-        raise MatryoshkaError(f"--resume: no checkpoint under {checkpoints}")
+    resume_from = resume_checkpoint(config, checkpoints, data) if config.resume else None
     model = MatryoshkaModel(
         config.model,
         config.projection,
@@ -206,8 +221,11 @@ def train(config: TrainConfig) -> dict:
         evaluator=evaluator,
         callbacks=[schedule],
     )
+    if not config.resume and trainer.is_world_process_zero():
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / RECIPE).write_text(json.dumps(_resumable_recipe(config, data), indent=1))
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if config.resume else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
     recipe = {k: v for k, v in asdict(config).items() if k not in ("out", "resume", "extra")}
     adapter = _fold_adapter(config, model.st, data) if trainer.is_world_process_zero() else None
@@ -269,6 +287,10 @@ def validate(config: TrainConfig) -> None:
     dim_weights(sorted(set(config.dims), reverse=True), weights)
     if config.dims_per_step is not None and config.dims_per_step < 1:
         raise MatryoshkaError("--dims-per-step must be at least 1")
+    if config.limit is not None and config.limit < 1:
+        raise MatryoshkaError(
+            f"--limit must be at least 1 (leave it out to train on everything), got {config.limit}"
+        )
 
 
 def _dev_data(config: TrainConfig, data: TrainingData) -> TrainingData | None:
@@ -280,5 +302,56 @@ def _dev_data(config: TrainConfig, data: TrainingData) -> TrainingData | None:
     return None
 
 
-def _has_checkpoint(directory: Path) -> bool:
-    return directory.is_dir() and any(p.name.startswith("checkpoint-") for p in directory.iterdir())
+def _resumable_recipe(config: TrainConfig, data: TrainingData) -> dict:
+    """The settings a resumed run must share with the first, defaults resolved as training resolves them."""
+    recipe = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    recipe["loss"] = config.loss or ("cosent" if data.kind == "scored" else "infonce")
+    recipe["multi_scale"] = loss_dims(config, recipe["loss"]) == config.dims  # as loss_dims resolves it
+    recipe["data"] = str(Path(config.data).resolve())  # the same file, however the path is spelled
+    return json.loads(json.dumps(recipe))  # tuples as lists, as read back
+
+
+def resume_checkpoint(config: TrainConfig, checkpoints: Path, data: TrainingData) -> Path:
+    """The newest complete checkpoint to resume from; refuse a recipe that differs from the run that
+    wrote the checkpoints (naming what differs). Checkpoints a kill left half-written (no readable
+    trainer state) are removed, so the run continues from the one before."""
+    recorded = checkpoints / RECIPE
+    if recorded.is_file():
+        try:
+            before = json.loads(recorded.read_text())
+        except (OSError, ValueError) as exc:
+            raise MatryoshkaError(f"--resume: {recorded} is unreadable ({exc})") from None
+        now = _resumable_recipe(config, data)
+        if changed := [key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]:
+            described = "; ".join(
+                f"{key} {_shown(now.get(key))} (was {_shown(before.get(key))})" for key in changed
+            )
+            raise MatryoshkaError(
+                f"--resume: the recipe differs from the checkpointed run's: {described}."
+                f" Resume with the same settings, or train into a new --out"
+            )
+    found = sorted(
+        (int(p.name.split("-", 1)[1]), p)
+        for p in (checkpoints.iterdir() if checkpoints.is_dir() else [])
+        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-", 1)[1].isdigit()
+    )
+    for step, path in reversed(found):
+        if _complete(path, step):
+            return path
+        if os.environ.get("RANK", "0") == "0":  # written when the run was killed; saved again later
+            shutil.rmtree(path, ignore_errors=True)
+    raise MatryoshkaError(f"--resume: no complete checkpoint under {checkpoints}")
+
+
+def _complete(path: Path, step: int) -> bool:
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == step
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "unset" if value is None else str(value)
