@@ -232,7 +232,7 @@ def test_verify_checks_the_sqlite_rows(tmp_path):
         MatryoshkaError, match=r"g0-rows\.sqlite holds 300 rows numbered 0\.\.299, the manifest 301"
     ):
         reopened.store.verify()
-    result = reopened.search(vectors[300:301], 3, dim=64)
+    result = reopened.search(vectors[300:301], 3, funnel="64")
     assert result.rows[0][0] == 300
     with pytest.raises(MatryoshkaError, match=r"damaged: rows 300 missing from g0-rows\.sqlite"):
         result.ids  # noqa: B018 - the lookup is the point
@@ -246,7 +246,7 @@ def test_a_damaged_sqlite_file_is_an_error(tmp_path, damage):
     path.write_bytes({"empty": b"", "truncated": data[: len(data) // 3], "garbage": b"x" * len(data)}[damage])
     reopened = MatryoshkaIndex.open(path.parent)
     with pytest.raises(MatryoshkaError, match=r"is damaged: g0-rows\.sqlite"):
-        reopened.search(vectors[:2], K, dim=64).ids  # noqa: B018
+        reopened.search(vectors[:2], K, funnel="64").ids  # noqa: B018
     with pytest.raises(MatryoshkaError, match="is damaged"):
         MatryoshkaIndex.open(path.parent).store.verify()
     with pytest.raises(MatryoshkaError, match="is damaged"):
@@ -259,7 +259,7 @@ READ_ONLY = textwrap.dedent(
     from matryoshka.errors import MatryoshkaError
     from matryoshka.index import MatryoshkaIndex
     index = MatryoshkaIndex.open(sys.argv[1])
-    print(index.search(np.ones((1, 64), np.float32), 3, dim=64).ids[0])
+    print(index.search(np.ones((1, 64), np.float32), 3, funnel="64").ids[0])
     for name, change in [
         ("add", lambda: index.add(np.ones((1, 64), np.float32), ids=["new"])),
         ("delete", lambda: index.delete(["v1"])),

@@ -7,7 +7,6 @@ in the manifest; budgets are resolved by :meth:`MatryoshkaIndex.plan` before any
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from matryoshka.index.stages import (
     scaled_funnel,
     stages_text,
 )
-from matryoshka.index.store import DEFAULT_BOUNDARIES, Store, write_manifest
+from matryoshka.index.store import DEFAULT_BOUNDARIES, Store
 
 if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
@@ -153,7 +152,7 @@ class MatryoshkaIndex:
             del self.resident[dim]
         self.store.release_copies()  # sign-bit prefixes measured while calibrating
         funnel = stages_text(stages, self.store.full_dim)
-        self._update_manifest(funnel=funnel, funnel_rows=self.live_rows)
+        self.store.update_manifest(funnel=funnel, funnel_rows=self.live_rows)
         return funnel
 
     def plan(
@@ -177,17 +176,12 @@ class MatryoshkaIndex:
             del self.resident[dim]
         self.store.release_copies()  # sign-bit prefixes measured while planning
         if save:
-            self._update_manifest(plan=made.to_json())
+            self.store.update_manifest(plan=made.to_json())
         return made
 
     def saved_plan(self) -> Plan | None:
         record = self.store.manifest.get("plan")
         return Plan.from_json(record) if record else None
-
-    def _update_manifest(self, **changes: object) -> None:
-        manifest = json.loads(json.dumps(self.store.manifest)) | changes
-        write_manifest(self.store.root, manifest)
-        self.store.manifest = manifest
 
     # ---- queries --------------------------------------------------------------------------------
     @property
@@ -256,6 +250,8 @@ class MatryoshkaIndex:
         through ``funnel``: text like ``binary@384:300`` or ``32:1000,128:100`` (``64`` alone: exact at
         that prefix), a list of stages, or a plan's candidate; None runs :meth:`default_funnel`.
         ``hnsw``: the first stage's shortlist comes from the prefix graph (:meth:`build_hnsw`)."""
+        if self.store.refresh():  # another process committed: prefixes and graphs of the old rows go
+            self._forget_memory()
         stages = self.stages_for(funnel, k)
         vectors = self._query_vectors(queries)
         held = self.prepare(funnel, hnsw)
@@ -316,7 +312,7 @@ class MatryoshkaIndex:
         graph = build_graph(self.resident[dim], neighbours, ef_construction)
         name = f"g{self.store.manifest['generation']}-hnsw-{dim}.faiss"
         save_graph(graph, self.store.root / name)
-        self._update_manifest(hnsw={**self.store.manifest.get("hnsw", {}), str(dim): name})
+        self.store.update_manifest(hnsw={**self.store.manifest.get("hnsw", {}), str(dim): name})
         self._graphs[dim] = graph
         return self.store.root / name
 

@@ -317,12 +317,7 @@ def funnel_search(
     holding the full dim trades its RAM for re-ranking without float16 conversion).
     ``first_candidates`` (e.g. an HNSW graph over a prefix) replaces the first stage's full scan with an
     approximate shortlist that is then re-scored.
-
-    Another process's commit (rows added, deleted, compacted) is picked up first: the store reloads
-    and ``resident`` prefixes, made from the old rows, are dropped (the caller's dict is cleared).
     """
-    if store.refresh() and resident:
-        resident.clear()
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     if queries.shape[1] != store.full_dim:
         raise DimensionError(f"queries have {queries.shape[1]} dims, the index holds {store.full_dim}")
