@@ -40,6 +40,12 @@ def running(app, limits=Limits()):
 
 
 @pytest.fixture(scope="module")
+def serve_app():
+    """``running`` as a fixture, for a test that serves an app it made itself."""
+    return running
+
+
+@pytest.fixture(scope="module")
 def serve(encoder):
     """Start a server for the model of the session's encoder: ``serve(**engine_and_app_options)``."""
 

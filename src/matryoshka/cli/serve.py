@@ -48,6 +48,8 @@ def serve(
     from matryoshka.server.engine import EmbeddingEngine
     from matryoshka.server.security import check_api_key, check_bind, uvicorn_options
 
+    if api_key is None and os.environ.get("MATRYOSHKA_API_KEY") == "":
+        api_key = ""  # typer reads an empty variable as unset: refuse it rather than serve with no key
     check_api_key(api_key)
     check_bind(host, api_key, insecure)
     if max_items > max_queue:

@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from matryoshka.datasets import lone_surrogate
 from matryoshka.errors import DimensionError, MatryoshkaError
@@ -139,12 +141,16 @@ def install_error_handlers(app: FastAPI) -> None:
         """The router's 404 and 405, and FastAPI's "error parsing the body", said precisely."""
         cause = exc.__cause__
         headers = dict(exc.headers or {})
-        if exc.status_code == 404:
+        status = exc.status_code
+        allowed = methods_of(request) if status == 404 else None
+        if allowed:  # an API route of another method: the page's mount at "/" answered 404 for it
+            status, headers = 405, {"Allow": ", ".join(allowed)}
+        if status == 404:
             message, code = f"no such route: {request.method} {request.url.path}", "not_found"
-        elif exc.status_code == 405:
-            allowed = headers.get("allow") or headers.get("Allow")
+        elif status == 405:
+            allowed_text = headers.get("allow") or headers.get("Allow")
             message = f"method {request.method} is not allowed on {request.url.path}"
-            message += f" (allowed: {allowed})" if allowed else ""
+            message += f" (allowed: {allowed_text})" if allowed_text else ""
             code = "method_not_allowed"
         elif isinstance(cause, RecursionError):
             message, code = "the request body is nested too deeply to parse", "invalid_json"
@@ -153,8 +159,17 @@ def install_error_handlers(app: FastAPI) -> None:
             code = "invalid_json"
         else:
             message, code = str(exc.detail), None
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(exc.status_code, message, None, code, kind, headers or None)
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return error_response(status, message, None, code, kind, headers or None)
+
+
+def methods_of(request: Request) -> list[str]:
+    """The methods of the app's routes whose path matches ``request``'s (none: the path is unknown)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] == Match.PARTIAL:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def is_json(content_type: str) -> bool:

@@ -30,26 +30,26 @@ def decode_token_input(value: list) -> list[str]:
     encoding = _encoding()
     texts = []
     for position, ids in enumerate(arrays):
-        bad = next((token for token in ids if not 0 <= token < encoding.n_vocab), None)
-        if bad is not None:
-            raise ApiError(
-                400,
-                f"'input[{position}]' holds token id {bad}, which is not a {TOKEN_ENCODING} token "
-                f"(0..{encoding.n_vocab - 1})",
-                "input",
-                "invalid_value",
-            )
         try:
             # A chunk boundary may split a character's bytes: replace the fragment, as tiktoken does.
             texts.append(encoding.decode_bytes(ids).decode("utf-8", errors="replace"))
-        except KeyError as exc:  # an id inside the range that names no token (a gap before specials)
+        except (KeyError, OverflowError, ValueError):
+            bad = next(token for token in ids if not _is_token(encoding, token))
             raise ApiError(
                 400,
-                f"'input[{position}]' holds token id {exc.args[0]}, which is not a {TOKEN_ENCODING} token",
+                f"'input[{position}]' holds token id {bad}, which is not a {TOKEN_ENCODING} token",
                 "input",
                 "invalid_value",
             ) from None
     return texts
+
+
+def _is_token(encoding, token: int) -> bool:
+    try:
+        encoding.decode_single_token_bytes(token)
+    except (KeyError, OverflowError, ValueError):
+        return False
+    return True
 
 
 def _is_ids(value: Any) -> bool:
