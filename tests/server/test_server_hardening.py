@@ -305,6 +305,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # starts `matryoshka serve` (a model load); the in-process checks below are fast
 def test_serve_takes_the_key_from_the_environment_not_the_command_line(tmp_path):
     matryoshka = Path(sys.executable).with_name("matryoshka")
     port = free_port()
@@ -334,17 +335,27 @@ def test_serve_takes_the_key_from_the_environment_not_the_command_line(tmp_path)
     finally:
         proc.terminate()
         proc.wait(30)
-    blank = subprocess.run(
-        [str(matryoshka), "serve", "--port", str(port)],
-        env={**os.environ, "MATRYOSHKA_API_KEY": ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert blank.returncode == 2
-    assert blank.stderr.strip() == (
-        "error: the API key is empty: set MATRYOSHKA_API_KEY to a secret, or leave it unset"
-    )
+
+
+def test_serve_reads_the_key_from_the_environment_and_refuses_an_empty_one():
+    from typer.testing import CliRunner
+
+    from matryoshka.cli import app
+
+    # Past the key check, `--max-items` over `--max-queue` stops serve before it loads a model.
+    args = ["serve", "--host", "0.0.0.0", "--max-items", "20", "--max-queue", "10"]
+    runner = CliRunner()
+    unkeyed = runner.invoke(app, args, env={"MATRYOSHKA_API_KEY": None})
+    assert unkeyed.exit_code == 2 and "refusing to listen on 0.0.0.0 without an API key" in unkeyed.output
+    keyed = runner.invoke(app, args, env={"MATRYOSHKA_API_KEY": "env-s3cret"})
+    assert keyed.exit_code == 2
+    assert "error: --max-items (20) cannot exceed --max-queue (10)" in keyed.output
+    for blank in ("", "  "):
+        refused = runner.invoke(app, ["serve", *args[3:]], env={"MATRYOSHKA_API_KEY": blank})  # loopback
+        assert refused.exit_code == 2
+        assert "error: the API key is empty: set MATRYOSHKA_API_KEY to a secret" in refused.output
+    spaced = runner.invoke(app, ["serve", *args[3:], "--api-key", " k "])
+    assert spaced.exit_code == 2 and "starts or ends with whitespace" in spaced.output
 
 
 # ---- item 18: token arrays (what LangChain sends) --------------------------------------------------------
