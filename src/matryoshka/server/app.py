@@ -105,11 +105,11 @@ def create_app(
     def keyed(request: Request) -> bool:
         return not api_key or bearer_ok(request.headers.get("authorization"), api_key)
 
-    index_model = None if index is None else index.index.store.manifest["source"].get("model")
-
-    async def text_queries() -> None:
-        """An index of bare vectors (built with no model) cannot be searched with text: refuse that."""
-        if index is not None and not index_model:
+    if index is not None and not index.index.store.manifest["source"].get("model"):
+        # Registered before the search route, so it answers every text query for this index.
+        @app.post("/v1/search", dependencies=guarded, include_in_schema=False)
+        async def search_needs_a_model() -> None:
+            """An index of bare vectors (built with no model) cannot be searched with text: refuse that."""
             raise ApiError(
                 400,
                 f"index {index.name!r} holds vectors from no recorded model (it was built from vectors "
@@ -172,7 +172,7 @@ def create_app(
     @app.post(
         "/v1/search",
         response_model=SearchResponse,
-        dependencies=[*guarded, Depends(text_queries)],
+        dependencies=guarded,
         responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
     async def search(body: SearchRequest) -> SearchResponse:
