@@ -1,7 +1,7 @@
 import pytest
 
 from matryoshka import MatryoshkaError
-from matryoshka.datasets import data_path, load_beir, load_stsb
+from matryoshka.datasets import data_path, load_beir, load_stsb, read_texts
 
 
 def test_stsb_splits_have_the_documented_sizes():
@@ -35,3 +35,33 @@ def test_broken_beir_sets_are_refused(tmp_path):
 def test_unknown_split():
     with pytest.raises(MatryoshkaError, match="unknown STS-B split"):
         load_stsb("validation")
+
+
+def test_lone_surrogate_in_jsonl_is_refused_naming_the_line(tmp_path):
+    # JSON's \ud800 escape decodes to a lone surrogate, which the tokenizer rejects with a TypeError.
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "caf\\u00e9 \\ud83d\\ude00"}\n{"text": "caf\\ud800"}\n')
+    with pytest.raises(MatryoshkaError) as caught:
+        read_texts(path)
+    assert str(caught.value) == (
+        f"{path}:2: field 'text' is not valid Unicode: lone surrogate U+D800 at character 3 "
+        "(\\uD800-\\uDFFF escapes must pair up)"
+    )
+    path.write_text('{"text": "caf\\u00e9 \\ud83d\\ude00"}\n')  # a pair is one character: accepted
+    assert read_texts(path) == ["café 😀"]
+
+
+@pytest.mark.parametrize("verb", ["encode", "index build"])
+def test_lone_surrogate_in_jsonl_is_one_error_line_from_the_cli(tmp_path, verb):
+    from typer.testing import CliRunner
+
+    from matryoshka.cli import app
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "caf\\udc00 au lait"}\n')
+    out = tmp_path / ("out.npy" if verb == "encode" else "idx")
+    result = CliRunner().invoke(app, [*verb.split(), str(path), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {path}:2: field 'text' is not valid Unicode: lone surrogate U+DC00" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not out.exists()

@@ -134,8 +134,29 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
 def _jsonl_field(line: str, field: str, path: Path, number: int) -> str:
     try:
         record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise MatryoshkaError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise MatryoshkaError(f"{path}:{number}: not valid JSON ({reason})") from exc
     if not isinstance(record, dict) or not isinstance(record.get(field), str):
         raise MatryoshkaError(f"{path}:{number}: no string field {field!r}")
-    return record[field]
+    text = record[field]
+    surrogate = lone_surrogate(text)
+    if surrogate is not None:
+        raise MatryoshkaError(
+            f"{path}:{number}: field {field!r} is not valid Unicode: lone surrogate "
+            f"U+{ord(text[surrogate]):04X} at character {surrogate} (\\uD800-\\uDFFF escapes must pair up)"
+        )
+    return text
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Position of the first unpaired surrogate in ``text``, or None.
+
+    JSON's ``\\ud800`` escapes decode to such characters, which no tokenizer or UTF-8 writer accepts,
+    so readers of JSON text refuse them where they enter.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None

@@ -11,16 +11,19 @@ from matryoshka import Encoder
 from matryoshka.index import MatryoshkaIndex
 from matryoshka.server.app import Limits, create_app
 from matryoshka.server.engine import EmbeddingEngine
+from matryoshka.server.security import uvicorn_options
 
 
 @contextmanager
-def running(app):
-    """Serve ``app`` with uvicorn in a thread on a free loopback port; yields the base URL."""
+def running(app, limits=Limits()):
+    """Serve ``app`` with uvicorn in a thread on a free loopback port, with the connection limits
+    ``matryoshka serve`` sets; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options(limits))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -37,13 +40,19 @@ def running(app):
 
 
 @pytest.fixture(scope="module")
+def serve_app():
+    """``running`` as a fixture, for a test that serves an app it made itself."""
+    return running
+
+
+@pytest.fixture(scope="module")
 def serve(encoder):
     """Start a server for the model of the session's encoder: ``serve(**engine_and_app_options)``."""
 
     @contextmanager
     def start(api_key=None, limits=Limits(), index=None, model_encoder=None, **engine_options):
         engine = EmbeddingEngine(model_encoder or encoder, **engine_options)
-        with running(create_app(engine, index=index, api_key=api_key, limits=limits)) as url:
+        with running(create_app(engine, index=index, api_key=api_key, limits=limits), limits) as url:
             yield url
 
     return start

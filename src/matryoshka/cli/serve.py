@@ -11,8 +11,6 @@ from matryoshka.cli._common import user_errors
 from matryoshka.encoder import Encoder
 from matryoshka.errors import MatryoshkaError
 
-KEEP_ALIVE_S = 30  # idle keep-alive connections live this long (uvicorn's 5 s races busy clients)
-
 
 @user_errors
 def serve(
@@ -21,7 +19,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; non-loopback needs --api-key."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     api_key: str | None = typer.Option(
-        None, "--api-key", envvar="MATRYOSHKA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1."
+        None,
+        "--api-key",
+        envvar="MATRYOSHKA_API_KEY",
+        show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' (prefer the env var: a flag shows in the process list).",
     ),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback address without a key."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most texts encoded together."),
@@ -44,8 +46,11 @@ def serve(
 
     from matryoshka.server.app import Limits, create_app
     from matryoshka.server.engine import EmbeddingEngine
-    from matryoshka.server.security import check_bind
+    from matryoshka.server.security import check_api_key, check_bind, uvicorn_options
 
+    if api_key is None and os.environ.get("MATRYOSHKA_API_KEY") == "":
+        api_key = ""  # typer reads an empty variable as unset: refuse it rather than serve with no key
+    check_api_key(api_key)
     check_bind(host, api_key, insecure)
     if max_items > max_queue:
         raise MatryoshkaError(f"--max-items ({max_items}) cannot exceed --max-queue ({max_queue})")
@@ -63,7 +68,13 @@ def serve(
         from matryoshka.server.search import IndexService
 
         opened = IndexService(index, encoder)
+        if not opened.index.store.manifest["source"].get("model"):
+            typer.echo(
+                f"warning: {index} holds vectors from no recorded model: /v1/search refuses text queries",
+                err=True,
+            )
     engine = EmbeddingEngine(encoder, max_batch, max_queue, batch_wait_ms, timeout)
-    app = create_app(engine, opened, api_key, Limits(max_items, max_chars, max_body))
+    limits = Limits(max_items, max_chars, max_body)
+    app = create_app(engine, opened, api_key, limits)
     typer.echo(f"serving {encoder.info.name} on http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_S)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options(limits))

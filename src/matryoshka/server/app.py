@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from matryoshka.dims import truncate
@@ -23,7 +24,13 @@ from matryoshka.errors import MatryoshkaError
 from matryoshka.models import ALIASES
 from matryoshka.server.curve import retention_curve
 from matryoshka.server.engine import EmbeddingEngine, EncodeTimeout, Overloaded
-from matryoshka.server.errors import ApiError, Limits, install_error_handlers, texts_from_input
+from matryoshka.server.errors import (
+    ApiError,
+    CatchUnexpected,
+    Limits,
+    install_error_handlers,
+    texts_from_input,
+)
 from matryoshka.server.metrics import RequestMetrics, ServerMetrics
 from matryoshka.server.schemas import (
     Embedding,
@@ -40,7 +47,8 @@ from matryoshka.server.schemas import (
     Usage,
 )
 from matryoshka.server.search import IndexService, PlanMissing, bytes_per_vector
-from matryoshka.server.security import BodySizeLimit, LoadShedding, bearer_ok
+from matryoshka.server.security import BodyReadTimeout, BodySizeLimit, LoadShedding, bearer_ok
+from matryoshka.server.tokens import decode_token_input, is_token_input
 
 SEARCH_MODES = ("dimensions", "funnel", "latency_ms", "recall")
 
@@ -51,7 +59,10 @@ def create_app(
     api_key: str | None = None,
     limits: Limits = Limits(),
 ) -> FastAPI:
-    """The app serving ``engine``'s model (and ``index`` for search); ``api_key`` guards /v1 and /metrics."""
+    """The app serving ``engine``'s model (and ``index`` for search).
+
+    ``api_key`` guards /v1, /metrics, /docs, /openapi.json and all of /health but its status.
+    """
     metrics = ServerMetrics()
     engine.on_batch = metrics.batch_size.observe
     metrics.queue_depth.set_function(lambda: engine.admitted)
@@ -72,10 +83,14 @@ def create_app(
             if index is not None:
                 index.close()
 
-    app = FastAPI(title="matryoshka", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # /docs and /openapi.json are served below, behind the key like the API they describe.
+    unguarded_docs = {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="matryoshka", version="0.1.0", lifespan=lifespan, **unguarded_docs)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=limits.body_timeout_s)
     app.add_middleware(LoadShedding, engine=engine)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s and shed 503s too
+    app.add_middleware(CatchUnexpected)  # a 500 leaves as a whole answer; the connection stays usable
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s, 500s and shed 503s too
 
     install_error_handlers(app)
 
@@ -86,6 +101,23 @@ def create_app(
             )
 
     guarded = [Depends(authorised)]
+
+    def keyed(request: Request) -> bool:
+        return not api_key or bearer_ok(request.headers.get("authorization"), api_key)
+
+    if index is not None and not index.index.store.manifest["source"].get("model"):
+        # Registered before the search route, so it answers every text query for this index.
+        @app.post("/v1/search", dependencies=guarded, include_in_schema=False)
+        async def search_needs_a_model() -> None:
+            """An index of bare vectors (built with no model) cannot be searched with text: refuse that."""
+            raise ApiError(
+                400,
+                f"index {index.name!r} holds vectors from no recorded model (it was built from vectors "
+                "alone), so this server cannot encode text queries for it: rebuild it with --model, or "
+                "search it with query vectors through the Python API",
+                "query",
+                "index_has_no_model",
+            )
 
     def check_model(name: str) -> None:
         if name not in model_names:
@@ -118,7 +150,8 @@ def create_app(
         """OpenAI's embeddings endpoint; ``dimensions`` gives the re-normalised prefix."""
         check_model(body.model)
         dim = engine.encoder.check_dim(body.dimensions)
-        texts = texts_from_input(body.input, limits)
+        given = decode_token_input(body.input) if is_token_input(body.input) else body.input
+        texts = texts_from_input(given, limits)
         full, tokens = await encode(texts)
         vectors = truncate(full, dim).astype("<f4")
         if body.encoding_format == "base64":
@@ -217,7 +250,10 @@ def create_app(
         return curve
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health(request: Request) -> dict:
+        """Liveness for anyone; what is served (model, queue, index) only with the key, when one is set."""
+        if not keyed(request):
+            return {"status": "ok"}
         return {
             "status": "ok",
             "model": info.name,
@@ -230,6 +266,14 @@ def create_app(
     @app.get("/metrics", dependencies=guarded)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="matryoshka API")
 
     app.mount("/", StaticFiles(directory=str(files("matryoshka.server") / "static"), html=True), name="page")
     app.state.engine, app.state.metrics, app.state.index = engine, metrics, index

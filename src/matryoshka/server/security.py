@@ -1,16 +1,22 @@
-"""Safe defaults: loopback unless told otherwise, bearer keys, and request size limits.
+"""Safe defaults: loopback unless told otherwise, bearer keys, and request size and time limits.
 
 A server reachable from other machines must have an API key; binding a non-loopback address without
-one is refused unless the operator says ``--insecure``.
+one is refused unless the operator says ``--insecure``. Headers are bounded in bytes, bodies in bytes
+and in time, idle connections in time, so no client holds the server's memory or sockets for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import secrets
 
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from matryoshka.errors import MatryoshkaError
+from matryoshka.server.errors import Limits
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -31,6 +37,52 @@ def check_bind(host: str, api_key: str | None, insecure: bool = False) -> None:
             f"refusing to listen on {host} without an API key: pass --api-key (or set "
             "MATRYOSHKA_API_KEY), bind 127.0.0.1, or pass --insecure to allow it anyway"
         )
+
+
+def check_api_key(api_key: str | None) -> None:
+    """Refuse a key that is set but empty or blank (``MATRYOSHKA_API_KEY=`` would otherwise mean "no key")."""
+    if api_key is not None and not api_key.strip():
+        raise MatryoshkaError("the API key is empty: set MATRYOSHKA_API_KEY to a secret, or leave it unset")
+    if api_key is not None and api_key != api_key.strip():
+        raise MatryoshkaError("the API key starts or ends with whitespace, which no client can send back")
+
+
+def uvicorn_options(limits: Limits) -> dict:
+    """uvicorn settings enforcing ``limits`` on connections: the serve command and the tests use these."""
+    return {
+        "http": BoundedH11Protocol,  # httptools has no limit on header size: h11 has one
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
+        "timeout_keep_alive": limits.keep_alive_s,
+    }
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, answering a request head it refuses with OpenAI's error body (431 when
+    it is over the size limit, else 400) instead of a plain-text 400."""
+
+    def send_400_response(self, msg: str) -> None:
+        buffered, _ = self.conn.trailing_data
+        if len(buffered) > self.config.h11_max_incomplete_event_size:
+            status, message, code = (
+                431,
+                f"request headers are larger than {self.config.h11_max_incomplete_event_size} bytes",
+                "headers_too_large",
+            )
+        else:
+            status, message, code = 400, "invalid HTTP request", "invalid_http"
+        body = error_json(message, code)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body)):
+                self.transport.write(self.conn.send(event))
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            pass  # the head was too broken to answer at all: just close
+        self.transport.close()
 
 
 def bearer_ok(header: str | None, api_key: str) -> bool:
@@ -95,6 +147,71 @@ class BodySizeLimit:
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class BodyReadTimeout:
+    """ASGI middleware: a body not fully received ``timeout_s`` after its headers gets 408, and its
+    connection is closed; a client that stops mid-body no longer holds a connection for ever.
+
+    As with :class:`BodySizeLimit`, whatever the app answers once the time is up becomes the 408 (FastAPI
+    turns an exception from ``receive`` into its own 400).
+    """
+
+    def __init__(self, app, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        complete = False  # the whole body is in: later receives wait for a disconnect, untimed
+        expired = False
+        replaced = False
+
+        async def timed_receive():
+            nonlocal complete, expired
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                expired = True
+                raise _BodyTimeout from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        async def guarded_send(message):
+            nonlocal replaced
+            if expired:
+                if not replaced:
+                    replaced = True
+                    await self._timed_out(send)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except _BodyTimeout:
+            if not replaced:
+                await self._timed_out(send)
+
+    async def _timed_out(self, send) -> None:
+        body = error_json(f"the request body did not arrive within {self.timeout_s:g}s", "request_timeout")
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 408, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTimeout(Exception):
     pass
 
 
