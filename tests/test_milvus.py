@@ -181,7 +181,13 @@ def test_delete_then_reopen_in_a_new_process(places, tmp_path, corpus):
         index.add(vectors[:2], ids=["s200", "s7"])
     assert index.info()["live"] == 99  # the refused batch stored nothing
     index.close()
-    np.save(tmp_path / "q.npy", vectors[5])
+    if places.server is not None:  # a server keeps the rows: reopening in this process is the same
+        reopened = MilvusIndex.open(target, collection=collection)
+        assert (
+            reopened.info()["live"] == 99 and reopened.search(vectors[5], 3, funnel="64:50").ids[0] == after
+        )
+        return reopened.close()
+    np.save(tmp_path / "q.npy", vectors[5])  # Milvus Lite: one process per file, so another process
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     run = subprocess.run(
         [sys.executable, "-c", REOPEN, target, collection, str(tmp_path / "q.npy")],
@@ -246,7 +252,7 @@ def test_wrong_token_and_a_server_dying_mid_search(auth_server, corpus, capfd):
     with pytest.raises(MatryoshkaError, match="refused the token: auth check failure") as caught:
         MilvusIndex.create(auth_server.uri, full_dim=384, token="root:wrong", timeout=5)
     assert "\n" not in str(caught.value)
-    index = MilvusIndex.create(auth_server.uri, full_dim=384, token="root:Milvus", timeout=3)
+    index = MilvusIndex.create(auth_server.uri, full_dim=384, token="root:Milvus", timeout=2)
     index.add(vectors[:50], texts=texts[:50])
     assert index.search(queries[:2], 3).ids[0]
     auth_server.kill()
@@ -254,10 +260,10 @@ def test_wrong_token_and_a_server_dying_mid_search(auth_server, corpus, capfd):
     with pytest.raises(MilvusUnavailable, match=r"Milvus search at http://127\.0\.0\.1") as caught:
         index.search(queries[:2], 3)
     assert "\n" not in str(caught.value) and time.monotonic() - started < 60
-    with pytest.raises(MilvusUnavailable, match=r"Milvus \w+ at http://127\.0\.0\.1") as caught:
+    with pytest.raises(MilvusUnavailable, match=r"; 0 of 10 rows were stored, none from id n0 on$") as caught:
         index.add(vectors[50:60], ids=[f"n{i}" for i in range(10)])
     assert "\n" not in str(caught.value)
-    index.close()  # nothing was pending: the refused add wrote nothing
+    index.close()  # nothing was pending
     assert capfd.readouterr().err == ""  # pymilvus's retry warnings are not printed
 
 

@@ -333,6 +333,24 @@ class MilvusIndex:
             return
         self._dirty = False
 
+    def wait_indexed(self, timeout: float = 600.0) -> None:
+        """Flush, then wait until a server has built the first-stage index over every row (searches
+        before that scan unindexed segments). Milvus Lite reports no progress and returns at once."""
+        with milvus_errors("index wait", self.uri):
+            self.flush()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                described = self.client.describe_index(self.collection, self.prefix_field) or {}
+                if "indexed_rows" not in described or (
+                    described.get("pending_index_rows", 0) == 0
+                    and described["indexed_rows"] >= described.get("total_rows", 0)
+                ):
+                    return
+                time.sleep(1.0)
+        raise MatryoshkaError(
+            f"the {self.index_type} index of {self.collection!r} was not built in {timeout:.0f} s"
+        )
+
     def close(self) -> None:
         """Flush pending writes, close the client and, for Milvus Lite, stop this process's server."""
         try:
@@ -357,6 +375,7 @@ class MilvusIndex:
         Each batch goes to the full collection (upsert) and then to the prefix one; a failure stops
         at that batch with an error saying how many rows were stored, and a repeat of the call with
         the remaining ids completes it."""
+        from pymilvus.exceptions import MilvusException
         from tqdm import tqdm
 
         if vectors is None:
@@ -383,13 +402,15 @@ class MilvusIndex:
             with tqdm(total=count, unit="row", disable=not progress) as bar:
                 for start in range(0, count, batch_size):
                     stop = min(start + batch_size, count)
-                    self._refuse_existing(ids[start:stop])
                     try:
+                        self._refuse_existing(
+                            ids[start:stop]
+                        )  # before writing: a refused batch writes nothing
                         self._insert(ids, texts, metadata, full, prefix, start, stop)
-                    except MatryoshkaError as exc:
-                        raise type(exc)(
-                            f"{exc}; {stored} of {count} rows were stored, from id {ids[start]} on none"
-                        ) from None
+                    except (MatryoshkaError, MilvusException) as exc:
+                        kind = MilvusUnavailable if isinstance(exc, MilvusUnavailable) else MatryoshkaError
+                        where = f"{stored} of {count} rows were stored, none from id {ids[start]} on"
+                        raise kind(f"{_message(exc)}; {where}") from None
                     stored = stop
                     bar.update(stop - start)
             return self.live_rows()
@@ -668,7 +689,9 @@ def _create(client, collection: str, properties: dict[str, str]) -> str:
         params.add_index(
             field, index_type=kind, metric_type="IP", params=INDEX_BUILD_PARAMS[kind], index_name=field
         )
-        with_retries(lambda: client.create_collection(name, schema=schema, index_params=params), "create")
+        with_retries(lambda: client.create_collection(name, schema=schema), "create")
+        with_retries(lambda: client.create_index(name, params), "create")
+        with_retries(lambda: client.load_collection(name, _async=True), "load")
 
     try:
         make(collection + FULL_SUFFIX, full, "full", "FLAT")
@@ -686,6 +709,8 @@ def _create(client, collection: str, properties: dict[str, str]) -> str:
                 client.drop_collection(collection)
             index_type = "FLAT"
             make(collection, prefix, f"v{prefix_dim}", index_type)
+        for name in (collection + FULL_SUFFIX, collection):  # both load at once; wait for them here
+            _wait_loaded(client, name)
         properties = {**properties, "index_type": index_type}
         with_retries(
             lambda: client.alter_collection_properties(
@@ -699,6 +724,16 @@ def _create(client, collection: str, properties: dict[str, str]) -> str:
                 client.drop_collection(name)
         raise
     return index_type
+
+
+def _wait_loaded(client, collection: str, timeout: float = 120.0) -> None:
+    from pymilvus.client.types import LoadState
+
+    deadline = time.monotonic() + timeout
+    while client.get_load_state(collection)["state"] != LoadState.Loaded:
+        if time.monotonic() > deadline:
+            raise MatryoshkaError(f"Milvus did not load collection {collection!r} in {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def _encoder(model: str | os.PathLike) -> Encoder:
