@@ -55,10 +55,23 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def milvus_package():
+    """PyPI's ``milvus`` package, loaded from its installed files (``bench/milvus.py`` shadows the name
+    ``milvus`` on ``sys.path`` when run as a script)."""
+    import importlib.metadata
+    import importlib.util
+
+    init = Path(str(importlib.metadata.distribution("milvus").locate_file("milvus/__init__.py")))
+    spec = importlib.util.spec_from_file_location("_milvus_server_package", init)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def binaries() -> Path:
     """The unpacked Milvus binaries (shared by every server; unpacked once, atomically)."""
-    import milvus
-
+    milvus = milvus_package()
     home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "matryoshka" / "milvus-server"
     target = home / milvus.__version__
     if (target / "bin" / "milvus").exists():
@@ -98,11 +111,9 @@ class MilvusServer:
         return "\n".join(out)
 
     def _write_config(self) -> None:
-        from milvus import MilvusServerConfig
-
         ports = free_ports(len(PORT_KEYS) + 3)
         etcd_client, etcd_peer, self.metrics_port = ports[-3:]
-        config = MilvusServerConfig(data_dir=str(self.root), etcd_port=etcd_client)
+        config = milvus_package().MilvusServerConfig(data_dir=str(self.root), etcd_port=etcd_client)
         config.update(**dict(zip(PORT_KEYS, ports, strict=False)))
         config.set("authorization_enabled", self.authorization)
         for component in COMPONENTS:
