@@ -137,8 +137,12 @@ class MilvusServer:
 
     def start(self, timeout: float = START_TIMEOUT) -> MilvusServer:
         """Start the server and wait until it answers; on failure, raise with its log tail."""
-        bin_dir = binaries()
-        self._write_config()
+        try:
+            bin_dir = binaries()
+            self._write_config()
+        except BaseException:
+            self.stop()  # drops the temp dir
+            raise
         env = {
             **os.environ,
             "DEPLOY_MODE": "STANDALONE",

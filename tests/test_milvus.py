@@ -213,18 +213,23 @@ def many_vectors(encoder):
 
 
 def median_search_seconds(index: MilvusIndex, queries: np.ndarray) -> float:
+    """Median over queries of the best of 3 runs of each (a load spike on this shared machine must hit
+    all three to count; Lite's unflushed buffer slows every run)."""
     index.search(queries[0], K, funnel="64:100")  # the first search after writes flushes, once
     times = []
     for query in queries[1:]:
-        started = time.perf_counter()
-        index.search(query, K, funnel="64:100")
-        times.append(time.perf_counter() - started)
+        runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            index.search(query, K, funnel="64:100")
+            runs.append(time.perf_counter() - started)
+        times.append(min(runs))
     return float(np.median(times))
 
 
 def test_search_after_add_is_as_fast_as_after_reopen(places, many_vectors):
     """Writes flush once before the next search: without that, Milvus Lite scans an unflushed buffer
-    (measured 5.9x slower at 3,000 rows). Median of 40 one-query searches, 2x margin."""
+    (measured 5.9x slower at 3,000 rows). Median of 40 queries (best of 3 each), 2x margin."""
     target, collection = places()
     index = MilvusIndex.create(target, full_dim=384, collection=collection)
     index.add(many_vectors, batch_size=500)
