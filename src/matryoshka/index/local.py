@@ -82,7 +82,7 @@ class MatryoshkaIndex:
         matrix = None if rotation is None else check_rotation(rotation, full_dim)
         index = cls(Store.create(target, full_dim, tuple(chunks), dtype, int8_dim, binary_dim, source))
         if matrix is not None:
-            index._update_manifest(rotation=save_rotation(index.store.root, matrix))
+            index.store.update_manifest(rotation=save_rotation(index.store.root, matrix))
         return index
 
     @classmethod
