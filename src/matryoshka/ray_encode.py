@@ -40,15 +40,6 @@ class EncodeSummary:
     rows: int  # rows encoded by this run
 
 
-def _import_ray():
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise MatryoshkaError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
-    return ray
-
-
 def _corpus_files(corpus: Path) -> list[Path]:
     if corpus.is_dir():
         files = sorted(p for p in corpus.iterdir() if p.suffix in (".jsonl", ".json", ".txt", ".parquet"))
@@ -143,26 +134,29 @@ class ShardEncoder:
         self.encoder = Encoder(**encoder_args, show_progress=False)
 
     def __call__(self, batch: dict) -> dict:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        names, rows, errors = [], [], []
+        rows, errors = [], []
         for spec in batch["spec"]:
             shard = json.loads(spec)
             try:
-                ids, texts = read_shard_texts(shard, self.field)
-                vectors = self.encoder.encode_full(texts).astype(np.float32)
-            except MatryoshkaError as exc:
-                names.append(shard["name"]), rows.append(0), errors.append(str(exc))
-                continue
-            flat = pa.array(vectors.reshape(-1), type=pa.float32())
-            vector = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-            table = pa.table({"id": pa.array(ids, type=pa.string()), "text": texts, "vector": vector})
-            temporary = self.out / f".{shard['name']}.{uuid.uuid4().hex}.tmp"
-            pq.write_table(table, temporary)
-            os.replace(temporary, self.out / shard["name"])  # atomic: a shard on disk is complete
-            names.append(shard["name"]), rows.append(len(texts)), errors.append("")
-        return {"name": np.array(names), "rows": np.array(rows), "error": np.array(errors)}
+                rows.append(self.encode_shard(shard))
+                errors.append("")
+            except (MatryoshkaError, OSError) as exc:  # reported by the driver as one line
+                rows.append(0)
+                errors.append(str(exc) if isinstance(exc, MatryoshkaError) else f"{shard['name']}: {exc}")
+        return {"rows": np.array(rows), "error": np.array(errors)}
+
+    def encode_shard(self, shard: dict) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids, texts = read_shard_texts(shard, self.field)
+        vectors = self.encoder.encode_full(texts).astype(np.float32)
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+        table = pa.table({"id": pa.array(ids, type=pa.string()), "text": texts, "vector": flat})
+        temporary = self.out / f".{shard['name']}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, temporary)
+        os.replace(temporary, self.out / shard["name"])  # atomic: a shard on disk is complete
+        return len(texts)
 
 
 def encode_on_ray(
@@ -181,7 +175,11 @@ def encode_on_ray(
     cluster) or starts a local Ray unless Ray is already initialised."""
     from matryoshka.encoder import Encoder
 
-    ray = _import_ray()
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise MatryoshkaError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
     corpus, out = Path(corpus), Path(out)
     if workers < 1:
         raise MatryoshkaError(f"--workers must be at least 1, got {workers}")
@@ -194,8 +192,10 @@ def encode_on_ray(
         raise MatryoshkaError(f"cannot write to {out}: {exc.strerror or exc}") from None
     started = not ray.is_initialized()
     if started:
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+        if os.environ.get("RAY_ADDRESS"):  # a cluster: `ray start --head`, then RAY_ADDRESS=host:6379
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if 0 < gpus < workers:
@@ -212,17 +212,11 @@ def encode_on_ray(
             specs = ray.data.from_items(
                 [{"spec": json.dumps(s)} for s in todo], override_num_blocks=len(todo)
             )
+            actor_args = {"out": str(out.resolve()), "field": field, "encoder_args": encoder_args}
+            pool = ray.data.ActorPoolStrategy(size=workers)
+            resources = {"num_cpus": cpus, "num_gpus": 1 if gpus else 0}
             results = specs.map_batches(
-                ShardEncoder,
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                fn_constructor_kwargs={
-                    "out": str(out.resolve()),
-                    "field": field,
-                    "encoder_args": encoder_args,
-                },
-                num_cpus=cpus,
-                num_gpus=1 if gpus else 0,
+                ShardEncoder, batch_size=1, compute=pool, fn_constructor_kwargs=actor_args, **resources
             )
             for row in results.iter_rows():
                 if row["error"]:
