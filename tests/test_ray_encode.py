@@ -1,6 +1,6 @@
 """Corpus encoding on Ray Data: same vectors as one process, resumable after a kill, clean bad-input errors.
 
-Ray runs locally (2 CPUs, no dashboard), started once for the module; the killed CLI starts its own.
+Ray runs locally (2 CPUs, no dashboard), started once for the module; the killed CLI joins it (RAY_ADDRESS).
 """
 
 import json
@@ -11,18 +11,16 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import ray
 from typer.testing import CliRunner
 
 from matryoshka.cli import app
 from matryoshka.datasets import load_stsb
 from matryoshka.errors import MatryoshkaError
-
-ray = pytest.importorskip("ray")
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-from matryoshka.ray_encode import encode_on_ray, iter_shards, read_shards  # noqa: E402
+from matryoshka.ray_encode import encode_on_ray, iter_shards, read_shards, shards_plan
 
 runner = CliRunner()
 
@@ -67,6 +65,12 @@ def test_parquet_and_text_lines_in_a_folder(tmp_path, sentences, full_vectors, e
     parts = list(iter_shards(tmp_path / "out"))
     assert [len(part.ids) for part in parts] == [70, 70, 60, 100]
     np.testing.assert_array_equal(np.concatenate([part.vectors for part in parts]), vectors)
+    plan = shards_plan(tmp_path / "out")
+    assert (plan["model"], plan["full_dim"], plan["fingerprint"]) == (
+        "all-MiniLM-L6-v2",
+        384,
+        encoder.fingerprint,
+    )
     again = encode_on_ray(folder, tmp_path / "out", workers=2)  # complete: nothing is encoded twice
     assert (again.rows, again.skipped) == (0, 4)
 
@@ -117,9 +121,9 @@ def test_killed_cli_job_reruns_without_duplicates_and_matches_one_process(tmp_pa
     [
         (None, "no such corpus"),
         ("", "is empty"),
-        ("\n\n  \n", "holds no texts"),
-        ('{"text": "fine"}\n{"text": \n', "line at byte 17: not valid JSON"),
-        ('{"text": "fine"}\n{"body": "x"}\n', "line at byte 17: no string field 'text'"),
+        ("\n\n  \n", "is empty"),
+        ('{"body": "x"}\n', "line at byte 0: no string field 'text'"),  # found before Ray starts
+        ('{"text": "fine"}\n{"text": \n', "line at byte 17: not valid JSON"),  # found by an actor
     ],
 )
 def test_bad_corpus_exits_2(tmp_path, content, message):
@@ -137,11 +141,13 @@ def test_bad_options_and_outputs_exit_2(tmp_path, sentences):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", sentences[:20])
     (tmp_path / "file").write_text("x")
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "other.parquet")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")
     cases = [
         ([str(corpus), "-o", str(tmp_path / "file" / "out")], "cannot write to"),
         ([str(corpus), "-o", str(tmp_path / "o"), "--dim", "64"], "full-dim float32"),
         ([str(corpus), "-o", str(tmp_path / "o"), "--engine", "spark"], "unknown engine"),
         ([str(tmp_path / "other.parquet"), "-o", str(tmp_path / "o")], "no column 'text'"),
+        ([str(tmp_path / "empty.parquet"), "-o", str(tmp_path / "e")], "holds no texts"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["encode", "--engine", "ray", *args])

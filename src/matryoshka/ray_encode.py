@@ -68,9 +68,12 @@ def plan_shards(corpus: Path, field: str = "text", shard_bytes: int | None = Non
                 raise MatryoshkaError(f"{path} has no column {field!r}")
             ranges = [("parquet", g, g + 1) for g in range(meta.num_row_groups)]
         else:
-            if size == 0:
+            offset, first = _first_line(path)
+            if not first:
                 raise MatryoshkaError(f"{path} is empty")
-            kind = "jsonl" if path.suffix in (".jsonl", ".json") or _first_char(path) == "{" else "lines"
+            kind = "jsonl" if path.suffix in (".jsonl", ".json") or first.startswith("{") else "lines"
+            if kind == "jsonl":
+                _parse_record(first, field, path, offset)  # a wrong --field fails here, before Ray starts
             step = shard_bytes or min(max(size // 64, MIN_SHARD_BYTES), MAX_SHARD_BYTES)
             ranges = [(kind, start, min(start + step, size)) for start in range(0, size, step)]
         for kind, start, end in ranges:
@@ -79,9 +82,27 @@ def plan_shards(corpus: Path, field: str = "text", shard_bytes: int | None = Non
     return shards
 
 
-def _first_char(path: Path) -> str:
+def _first_line(path: Path) -> tuple[int, str]:
+    """(byte offset, text) of the first non-blank line; (size, "") when there is none."""
+    offset = 0
     with path.open("rb") as handle:
-        return handle.read(4096).lstrip()[:1].decode("latin-1")
+        for raw in handle:
+            if raw.strip():
+                return offset, raw.decode("utf-8", "replace").strip()
+            offset += len(raw)
+    return offset, ""
+
+
+def _parse_record(line: str, field: str, path: Path, offset: int) -> tuple[str | None, str]:
+    """(id or None, text) of one JSONL line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise MatryoshkaError(f"{path}: line at byte {offset}: not valid JSON ({exc.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        raise MatryoshkaError(f"{path}: line at byte {offset}: no string field {field!r}")
+    key = record.get("_id", record.get("id"))
+    return None if key is None else str(key), record[field]
 
 
 def read_shard_texts(shard: dict, field: str) -> tuple[list[str | None], list[str]]:
@@ -108,19 +129,9 @@ def read_shard_texts(shard: dict, field: str) -> tuple[list[str | None], list[st
             line = raw.decode("utf-8", errors="replace").strip()
             if not line:
                 continue
-            if shard["kind"] == "lines":
-                ids.append(None)
-                texts.append(line)
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MatryoshkaError(f"{path}: line at byte {offset}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise MatryoshkaError(f"{path}: line at byte {offset}: no string field {field!r}")
-            key = record.get("_id", record.get("id"))
-            ids.append(None if key is None else str(key))
-            texts.append(record[field])
+            key, text = (None, line) if shard["kind"] == "lines" else _parse_record(line, field, path, offset)
+            ids.append(key)
+            texts.append(text)
     return ids, texts
 
 
@@ -203,7 +214,8 @@ def encode_on_ray(
         cpus = 1 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
         encoder_args |= {"device": "cuda" if gpus else "cpu", "threads": None if gpus else cpus}
         encoder = Encoder(**encoder_args)  # as the actors make it: its fingerprint names their vectors
-        plan = {"corpus": str(corpus.resolve()), "field": field, "fingerprint": encoder.fingerprint,
+        plan = {"corpus": str(corpus.resolve()), "field": field, "model": encoder.info.name,
+                "model_path": str(encoder.info.path), "fingerprint": encoder.fingerprint,
                 "full_dim": encoder.full_dim, "shards": shards}  # fmt: skip
         _write_plan(out, plan)
         todo = [s for s in shards if not (out / s["name"]).exists()]
@@ -247,12 +259,10 @@ def _write_plan(out: Path, plan: dict) -> None:
         raise MatryoshkaError(f"cannot write to {out}: {exc.strerror or exc}") from None
 
 
-def iter_shards(directory: str | os.PathLike) -> Iterator[EncodedCorpus]:
-    """The shards of a finished encode, one :class:`EncodedCorpus` each, in corpus order (for corpora that
-    do not fit in memory at once)."""
+def shards_plan(directory: str | os.PathLike) -> dict:
+    """The plan of a finished encode (``model``, ``model_path``, ``fingerprint``, ``full_dim``, ``shards``);
+    refused when shards are missing, so half a job is never loaded."""
     directory = Path(directory)
-    import pyarrow.parquet as pq
-
     try:
         plan = json.loads((directory / PLAN_FILE).read_text())
     except (OSError, ValueError):
@@ -263,6 +273,15 @@ def iter_shards(directory: str | os.PathLike) -> Iterator[EncodedCorpus]:
             f"{directory} is incomplete: {len(missing)} of {len(plan['shards'])} shards missing "
             "(re-run the same `matryoshka encode --engine ray` to finish it)"
         )
+    return plan
+
+
+def iter_shards(directory: str | os.PathLike) -> Iterator[EncodedCorpus]:
+    """The shards of a finished encode, one :class:`EncodedCorpus` each, in corpus order (for corpora that
+    do not fit in memory at once)."""
+    import pyarrow.parquet as pq
+
+    directory, plan = Path(directory), shards_plan(directory)
     row = 0
     for shard in plan["shards"]:
         try:
