@@ -10,6 +10,7 @@ each where the cluster has GPUs); each actor reads its shard, encodes it and wri
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -191,6 +192,9 @@ def encode_on_ray(
         import ray.data
     except ImportError:
         raise MatryoshkaError("--engine ray needs Ray Data: pip install 'ray[data]'") from None
+    from tqdm import tqdm
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # progress is one bar of shards, below
     corpus, out = Path(corpus), Path(out)
     if workers < 1:
         raise MatryoshkaError(f"--workers must be at least 1, got {workers}")
@@ -204,9 +208,11 @@ def encode_on_ray(
     started = not ray.is_initialized()
     if started:
         if os.environ.get("RAY_ADDRESS"):  # a cluster: `ray start --head`, then RAY_ADDRESS=host:6379
-            ray.init(log_to_driver=False)
+            ray.init(log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            )
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if 0 < gpus < workers:
@@ -230,10 +236,12 @@ def encode_on_ray(
             results = specs.map_batches(
                 ShardEncoder, batch_size=1, compute=pool, fn_constructor_kwargs=actor_args, **resources
             )
-            for row in results.iter_rows():
-                if row["error"]:
-                    raise MatryoshkaError(str(row["error"]))
-                summary.rows += int(row["rows"])
+            with tqdm(total=len(todo), unit="shard", desc="encoding on Ray") as bar:
+                for row in results.iter_rows():
+                    if row["error"]:
+                        raise MatryoshkaError(str(row["error"]))
+                    summary.rows += int(row["rows"])
+                    bar.update()
     finally:
         if started:
             ray.shutdown()

@@ -46,19 +46,9 @@ def encode(
         raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if engine not in ("local", "ray"):
         raise MatryoshkaError(f"unknown engine {engine!r}: use local or ray")
-    if engine == "ray":  # re-running the same command finishes a killed job
-        from matryoshka.ray_encode import encode_on_ray
-
-        if dim is not None or precision != "float32":
-            raise MatryoshkaError(
-                "--engine ray writes full-dim float32 shards: truncate or quantise on reading"
-            )
-        done = encode_on_ray(input, out, model, workers, field, batch_size, backend, adapter, shard_bytes)
-        typer.echo(
-            f"encoded {done.rows} texts ({done.skipped} of {done.shards} shards done before) -> {out}",
-            err=True,
-        )
-        return
+    if engine == "ray":
+        return encode_on_ray_cli(input, out, dim, precision, model, workers, field, batch_size, backend,
+                                 adapter, shard_bytes)  # fmt: skip
     encoder = Encoder(model, batch_size=batch_size, backend=backend, adapter=adapter)
     dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
     texts = read_texts(input, field)
@@ -70,3 +60,17 @@ def encode(
         np.save(out, array)
         written = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
     typer.echo(f"encoded {len(texts)} texts at {dim} dims ({precision}) -> {written}", err=True)
+
+
+def encode_on_ray_cli(
+    input, out, dim, precision, model, workers, field, batch_size, backend, adapter, shards
+):
+    """Full-dim float32 parquet shards into the folder ``out``; the same command finishes a killed job."""
+    from matryoshka.ray_encode import encode_on_ray
+
+    if dim is not None or precision != "float32":
+        raise MatryoshkaError("--engine ray writes full-dim float32 shards: truncate or quantise on reading")
+    done = encode_on_ray(input, out, model, workers, field, batch_size, backend, adapter, shards)
+    typer.echo(
+        f"encoded {done.rows} texts ({done.skipped} of {done.shards} shards done before) -> {out}", err=True
+    )
