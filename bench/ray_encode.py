@@ -84,12 +84,9 @@ def main() -> None:
                     shutil.rmtree(out)
                 loads.append(os.getloadavg()[0])
                 print(f"round {round_number + 1} engine {engine}: {times[engine][-1]:.1f}s", flush=True)
+            if not args.smoke:  # after every round, so a cut-short run still leaves its measurements
+                report(len(texts), cores, load_s, init_s, fixed_s, times, checks, loads, round_number + 1)
         ray.shutdown()
-    print(
-        json.dumps({"times": times, "checks": checks, "load_s": load_s, "init_s": init_s, "fixed_s": fixed_s})
-    )
-    if not args.smoke:
-        report(len(texts), cores, load_s, init_s, fixed_s, times, checks, loads, args.rounds)
 
 
 def write_corpus(path: Path, texts: list[str]) -> None:
