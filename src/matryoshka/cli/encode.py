@@ -18,7 +18,10 @@ from matryoshka.quantize import PRECISIONS, BinaryCodes, Int8Codes
 
 @user_errors
 def encode(
-    input: Path = typer.Argument(..., help="Text file (one text per line) or JSONL with a text field."),
+    input: Path = typer.Argument(
+        ...,
+        help="Text file (one text per line) or JSONL with a text field (ray: also parquet, a folder).",
+    ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output .npy (int8 codes go to .npz with their ranges)."
     ),
@@ -31,10 +34,22 @@ def encode(
         None, "--backend", help=f"One of {', '.join(BACKENDS)} (default: the fastest that passed on CPU)."
     ),
     adapter: Path | None = typer.Option(None, "--adapter", help="Post-hoc adapter to apply (file or dir)."),
+    engine: str = typer.Option(
+        "local", "--engine", help="local, or ray: parquet shards into the folder --out."
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="--engine ray: Encoder actors (one GPU each)."),
+    shard_bytes: int | None = typer.Option(
+        None, "--shard-bytes", min=1, help="--engine ray: corpus bytes per shard (default: a 64th of a file)."
+    ),
 ) -> None:
     """Encode texts at any dimension and precision."""
     if precision not in PRECISIONS:
         raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if engine not in ("local", "ray"):
+        raise MatryoshkaError(f"unknown engine {engine!r}: use local or ray")
+    if engine == "ray":
+        return encode_on_ray_cli(input, out, dim, precision, model, workers, field, batch_size, backend,
+                                 adapter, shard_bytes)  # fmt: skip
     check_output(out)  # before the model loads and every text is encoded
     encoder = Encoder(model, batch_size=batch_size, backend=backend, adapter=adapter)
     dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
@@ -58,3 +73,17 @@ def check_output(out: Path) -> None:
         raise MatryoshkaError(f"--out {out}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise MatryoshkaError(f"--out {out}: the folder {folder} is not writable")
+
+
+def encode_on_ray_cli(
+    input, out, dim, precision, model, workers, field, batch_size, backend, adapter, shards
+):
+    """Full-dim float32 parquet shards into the folder ``out``; the same command finishes a killed job."""
+    from matryoshka.ray_encode import encode_on_ray
+
+    if dim is not None or precision != "float32":
+        raise MatryoshkaError("--engine ray writes full-dim float32 shards: truncate or quantise on reading")
+    done = encode_on_ray(input, out, model, workers, field, batch_size, backend, adapter, shards)
+    typer.echo(
+        f"encoded {done.rows} texts ({done.skipped} of {done.shards} shards done before) -> {out}", err=True
+    )
