@@ -3,12 +3,17 @@ import pytest
 from typer.testing import CliRunner
 
 from matryoshka import Encoder, MatryoshkaError, truncate
-from matryoshka.adapter import Adapter
+from matryoshka.adapter import Adapter, data_hash, mean_last_rotation, pca_rotation
 from matryoshka.cli import app
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index.search import exact_search
 from matryoshka.models import ADAPTER_FILE
-from matryoshka.train.adapter import fit_adapter, sentence_queries
+from matryoshka.train.adapter import (
+    fit_adapter,
+    held_out_split,
+    neighbour_recall_by_dim,
+    sentence_queries,
+)
 
 PREFIX_DIMS = (256, 128, 64, 32, 16, 8)
 
@@ -22,7 +27,10 @@ def neighbour_recall(vectors: np.ndarray, adapted: np.ndarray, dim: int) -> floa
 
 @pytest.fixture(scope="module")
 def fitted(full_vectors) -> Adapter:
-    return fit_adapter(full_vectors, "linear", epochs=30, neighbours=10, random_candidates=64, seed=0)
+    """The trained map itself (no held-out selection), which the tests below check."""
+    return fit_adapter(
+        full_vectors, "linear", epochs=30, neighbours=10, random_candidates=64, seed=0, holdout=0
+    )
 
 
 def test_orthogonal_adapter_keeps_full_dim_rankings(full_vectors, fitted):
@@ -194,3 +202,79 @@ def test_supervised_pairs_term_pulls_pairs_together_at_short_prefixes(full_vecto
     assert mean_rank(supervised) < mean_rank(plain) - 5
     with pytest.raises(MatryoshkaError, match="as many queries as positives"):
         fit_adapter(full_vectors, "linear", pairs=(queries, positives[:10]))
+
+
+def test_held_out_selection_keeps_the_candidate_best_on_the_held_out_rows(full_vectors):
+    """Every candidate's held-out recall is recomputed by hand; the kept map is the best of them."""
+    dims = (384, 64, 16, 8)
+    adapter = fit_adapter(full_vectors, "linear", dims, epochs=6, random_candidates=32, holdout=0.2)
+    selection = adapter.meta["selection"]
+    fit_rows, held = held_out_split(300, 0.2)
+    assert selection["held_out"] == len(held) == 60 and selection["trained_on"] == len(fit_rows) == 240
+    assert not set(fit_rows) & set(held) and adapter.meta["fitted_on"] == 300
+    mean, axes = pca_rotation(full_vectors[fit_rows])
+    zeros = np.zeros(384, np.float32)
+    by_hand = {
+        "start": Adapter("linear", zeros, mean_last_rotation(full_vectors[fit_rows])),
+        "pca": Adapter("pca", mean, axes),
+    }
+    for name, candidate in by_hand.items():
+        recalls = neighbour_recall_by_dim(candidate, full_vectors, held, dims)
+        assert selection["recall_by_dim"][name] == {d: round(r, 4) for d, r in recalls.items()}
+    means = selection["mean_recall"]
+    assert means[selection["chosen"]] == max(means.values())
+    assert means[selection["chosen"]] >= means["start"]  # never worse than its own starting point
+    kept = neighbour_recall_by_dim(adapter, full_vectors, held, dims)
+    assert round(float(np.mean(list(kept.values()))), 4) == means[selection["chosen"]]
+    assert selection["recall_by_dim"]["start"][384] == 1.0 and selection["recall_by_dim"]["pca"][384] < 1.0
+
+
+def test_selection_can_be_limited_to_the_rotations(full_vectors):
+    adapter = fit_adapter(full_vectors, "linear", (384, 8), epochs=2, random_candidates=32,
+                          candidates=("start", "trained"))  # fmt: skip
+    assert set(adapter.meta["selection"]["mean_recall"]) == {"start", "trained"} and not adapter.mean.any()
+    with pytest.raises(MatryoshkaError, match="candidates must be among"):
+        fit_adapter(full_vectors, "linear", candidates=("best",))
+
+
+def test_centring_changes_full_dim_scores_as_intended(full_vectors):
+    """Centred PCA at the full dim scores the cosine of the centred vectors (queries centred alike),
+    not the raw cosine; the uncentred start rotation keeps the raw cosine exactly."""
+    pca = fit_adapter(full_vectors, "pca")
+    centred = full_vectors - full_vectors.mean(axis=0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    adapted = pca.transform(full_vectors)
+    np.testing.assert_allclose(adapted @ adapted.T, centred @ centred.T, atol=2e-5)
+    assert np.abs(adapted @ adapted.T - full_vectors @ full_vectors.T).max() > 0.1
+    start = Adapter("linear", np.zeros(384, np.float32), mean_last_rotation(full_vectors))
+    start = start.transform(full_vectors)
+    np.testing.assert_allclose(start @ start.T, full_vectors @ full_vectors.T, atol=2e-5)
+
+
+def test_sentence_queries_skip_one_sentence_texts():
+    texts = ["A dog runs across the green field", "Two men. A dog runs across the field now."]
+    assert sentence_queries(texts) == ["A dog runs across the field now."]
+
+
+def test_cli_fit_reads_the_field_and_beir_titles(tmp_path, encoder):
+    import json
+
+    records = [
+        {"_id": "1", "title": "Cats", "text": "A cat sleeps on the warm mat.", "body": "A kitten naps."},
+        {"_id": "2", "title": "", "text": "Dogs bark at night.", "body": "A puppy yelps."},
+        {"_id": "3", "text": "Birds sing in the morning.", "body": "A sparrow chirps."},
+    ]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
+    runner = CliRunner()
+    expected = {
+        (): ["Cats A cat sleeps on the warm mat.", "Dogs bark at night.", "Birds sing in the morning."],
+        ("--title-field", ""): [r["text"] for r in records],
+        ("--field", "body"): ["Cats A kitten naps.", "A puppy yelps.", "A sparrow chirps."],
+    }
+    for n, (extra, texts) in enumerate(expected.items()):
+        out = tmp_path / f"a{n}"
+        args = ["adapt", "fit", "--corpus", str(corpus), "--kind", "pca", "--out", str(out), *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert Adapter.load(out).meta["data_hash"] == data_hash(encoder.encode_full(texts)), extra

@@ -11,6 +11,9 @@ output is cut with :func:`matryoshka.dims.truncate` like any other vector.
   with the multi-prefix objective (:mod:`matryoshka.train.adapter_objective`); full-dim rankings stay.
 - ``mlp``: ``linear`` plus a small residual MLP (zero-initialised, so it starts as ``linear``).
 
+Fitting a ``linear``/``mlp`` adapter may keep its untrained start rotation or the centred PCA map
+instead, when held-out rows say so (``meta["selection"]``, :mod:`matryoshka.train.adapter`).
+
 An adapter is one ``.npz`` file (arrays plus JSON metadata: source model or provider, input dim, dims,
 objective, kind, hash of the fitting vectors); saved into a model directory, the Encoder applies it.
 """

@@ -160,3 +160,45 @@ def lone_surrogate(text: str) -> int | None:
     except UnicodeEncodeError as exc:
         return exc.start
     return None
+
+
+FLICKR_DIR = "flickr8k_caption_pairs"
+
+
+def flickr_captions(split: str = "heldout") -> dict[str, list[str]]:
+    """Each Flickr8k image's distinct captions, in caption order, for the images of ``split``.
+
+    ``split`` is ``train`` (the 6,000 images of the standard train list) or ``heldout`` (the other
+    2,092: the standard dev and test images together; their separate lists are not staged). Read from
+    ``pairs.tsv``, whose captions are cleaned (whitespace collapsed, trailing " ." removed).
+    """
+    if split not in ("train", "heldout"):
+        raise MatryoshkaError(f"unknown Flickr8k split {split!r}: use train or heldout")
+    captions: dict[str, dict[str, None]] = {}
+    path = data_path(FLICKR_DIR, "pairs.tsv")
+    with path.open(encoding="utf-8") as handle:
+        for number, row in enumerate(csv.DictReader(handle, delimiter="\t"), 2):
+            if not {"anchor", "positive", "image_id", "split"} <= row.keys() or None in row.values():
+                raise MatryoshkaError(f"{path}:{number}: expected anchor, positive, image_id, split")
+            if row["split"] == split:
+                image = captions.setdefault(row["image_id"], {})
+                image.setdefault(row["anchor"])
+                image.setdefault(row["positive"])
+    return {image: list(texts) for image, texts in captions.items()}
+
+
+def load_flickr_retrieval(split: str = "heldout") -> BeirData:
+    """Caption-to-caption retrieval on Flickr8k images: each image's first caption is a query, the
+    other captions of every image of the split are the corpus, and a query's relevant documents are
+    the other captions of its own image (relevance 1). No query text is in the corpus."""
+    doc_ids, doc_texts, query_ids, query_texts, qrels = [], [], [], [], {}
+    for image, texts in flickr_captions(split).items():
+        if len(texts) < 2:
+            continue
+        query_ids.append(f"{image}#0")
+        query_texts.append(texts[0])
+        ids = [f"{image}#{n}" for n in range(1, len(texts))]
+        doc_ids.extend(ids)
+        doc_texts.extend(texts[1:])
+        qrels[f"{image}#0"] = dict.fromkeys(ids, 1)
+    return BeirData(doc_ids, doc_texts, query_ids, query_texts, qrels)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
+from matryoshka.datasets import data_path, load_flickr_retrieval
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.tasks import BeirTask, StsTask, parse_task
 
@@ -90,6 +91,7 @@ def test_parse_task(beir_dir):
     assert parse_task("stsb:dev").name == "stsb:dev"
     assert parse_task(f"beir:{beir_dir}").name == f"beir:{beir_dir.name}"
     assert len(parse_task("beir:scifact").data.doc_ids) == 5183  # found under the data root
+    assert parse_task("flickr8k").name == "flickr8k:heldout"
 
 
 @pytest.mark.parametrize(
@@ -99,6 +101,7 @@ def test_parse_task(beir_dir):
         ("beir:", "task beir needs a directory"),
         ("beir:no-such-set", "missing data: no BEIR directory 'no-such-set'"),
         ("stsb:valid", "unknown STS-B split 'valid'"),
+        ("flickr8k:test", "unknown Flickr8k split 'test'"),
     ],
 )
 def test_bad_task_names(spec, message):
@@ -110,3 +113,40 @@ def test_beir_directory_without_qrels_is_reported(tmp_path):
     (tmp_path / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n')
     with pytest.raises(MatryoshkaError, match=r"missing queries\.jsonl"):
         parse_task(f"beir:{tmp_path}")
+
+
+def test_flickr_retrieval_is_each_held_out_images_other_captions():
+    """Read independently from Flickr8k.token.txt: held-out images are those not in the train list; a
+    query is an image's caption #0, its relevant documents are captions #1-#4 of the same image."""
+    train = set(data_path("flickr8k_caption_pairs", "Flickr_8k.trainImages.txt").read_text().split())
+    captions: dict[str, list[str]] = {}
+    for line in data_path("flickr8k_caption_pairs", "Flickr8k.token.txt").read_text().splitlines():
+        key, text = line.replace("\t", " ", 1).split(" ", 1)
+        image = key.split("#")[0]
+        if image not in train:
+            captions.setdefault(image, []).append(" ".join(text.split()).removesuffix(" ."))
+    data = load_flickr_retrieval()
+    assert len(data.query_ids) == len(captions) == 2092 and len(data.doc_ids) == 8367
+    image = "1056249424_ef2a2e041c.jpg"
+    assert image not in train and captions[image][0] == "The children are playing in the water"
+    query = data.query_ids.index(f"{image}#0")
+    assert data.query_texts[query] == captions[image][0]
+    assert data.qrels[f"{image}#0"] == {f"{image}#{n}": 1 for n in range(1, 5)}
+    docs = dict(zip(data.doc_ids, data.doc_texts, strict=True))
+    assert [docs[f"{image}#{n}"] for n in range(1, 5)] == captions[image][1:]
+    assert not set(data.query_ids) & set(docs)
+
+
+def test_flickr_task_scores_a_perfect_ranking_one():
+    """Vectors that give every caption its image's own random unit vector rank the 4 relevant captions
+    first (cosine 1 against at most ~0.6 for another image's vector at 64 dims)."""
+    task = parse_task("flickr8k")
+    images = {qid.split("#")[0]: n for n, qid in enumerate(task.data.query_ids)}
+    per_image = np.random.default_rng(0).standard_normal((len(images), 64)).astype(np.float32)
+    per_image /= np.linalg.norm(per_image, axis=1, keepdims=True)
+    blocks = {
+        "queries": per_image,
+        "corpus": per_image[[images[doc.split("#")[0]] for doc in task.data.doc_ids]],
+    }
+    scores = task.score(blocks, 64)
+    assert scores["ndcg@10"] == 100.0 and scores["recall@10"] == 100.0 and scores["mrr@10"] == 100.0

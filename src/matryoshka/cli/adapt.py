@@ -29,6 +29,27 @@ def load_npy(path: Path, what: str = "vectors") -> np.ndarray:
     return check_vectors(array, what=f"{what} in {path}")
 
 
+def read_corpus_texts(path: Path, field: str = "text", title_field: str | None = "title") -> list[str]:
+    """The texts of ``path`` (as ``encode``/``index`` read them, ``field`` of each JSONL record); a
+    record's non-empty ``title_field`` goes first, joined by a space, as BEIR builds a document's text
+    (``matryoshka.datasets.load_beir``), so a BEIR corpus keeps its titles."""
+    import json
+
+    from matryoshka.datasets import read_texts
+
+    texts = read_texts(path, field)
+    if title_field is None:
+        return texts
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not (path.suffix in (".jsonl", ".json") or lines[0].lstrip().startswith("{")):
+        return texts  # plain text lines: no titles
+    titles = [json.loads(line).get(title_field) for line in lines]
+    return [
+        f"{title} {text}".strip() if isinstance(title, str) and title.strip() else text
+        for title, text in zip(titles, texts, strict=True)
+    ]
+
+
 def read_pairs(path: Path) -> tuple[list[str], list[str]]:
     """(query, positive) text pairs: one tab-separated pair per line (a header 'anchor/query' is skipped)."""
     from matryoshka.datasets import read_texts
@@ -51,6 +72,10 @@ def fit(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write matryoshka-adapter.npz into."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model that encodes --corpus."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Texts (one per line, or JSONL)."),
+    field: str = typer.Option("text", "--field", help="JSONL field holding the text."),
+    title_field: str = typer.Option(
+        "title", "--title-field", help="JSONL field put before the text (BEIR titles); '' for none."
+    ),
     vectors: Path | None = typer.Option(None, "--vectors", help="A .npy of full-dim vectors (any provider)."),
     pairs: Path | None = typer.Option(
         None, "--pairs", help="(query, positive) pairs: TSV texts with --corpus, .npz with --vectors."
@@ -63,8 +88,15 @@ def fit(
     source: str | None = typer.Option(None, "--source", help="Provider/model name of --vectors."),
     epochs: float = typer.Option(2.0, "--epochs", min=0.01),
     threads: int = typer.Option(1, "--threads", min=1),
+    holdout: float = typer.Option(
+        0.1, "--holdout", min=0.0, max=0.5, help="Share of the vectors held out to choose the map (0: none)."
+    ),
 ) -> None:
-    """Fit an adapter so that prefixes of the adapted vectors keep the full-dim neighbours."""
+    """Fit an adapter so that prefixes of the adapted vectors keep the full-dim neighbours.
+
+    A linear/mlp fit holds out part of the vectors and keeps whichever of the trained map, its starting
+    rotation and centred PCA keeps most of the held-out rows' full-dim neighbours (printed, and saved in
+    the adapter's metadata)."""
     from matryoshka.adapter import KINDS
     from matryoshka.train.adapter import fit_adapter, sentence_queries
 
@@ -74,11 +106,10 @@ def fit(
         raise MatryoshkaError("give either --corpus (with --model) or --vectors")
     query_vectors = pair_vectors = None
     if corpus is not None:
-        from matryoshka.datasets import read_texts
         from matryoshka.encoder import Encoder
 
         encoder = Encoder(model, show_progress=True, adapter=False)
-        texts = read_texts(corpus)
+        texts = read_corpus_texts(corpus, field, title_field or None)
         full = encoder.encode_full(texts)
         if pseudo_queries and kind in ("linear", "mlp", "select"):
             sentences = sentence_queries(texts)
@@ -97,13 +128,33 @@ def fit(
         origin = {"provider": source or "unknown", "file": vectors.name}
     adapter = fit_adapter(
         full, kind, parse_dims(dims), queries=query_vectors, pairs=pair_vectors, source=origin,
-        progress=True, threads=threads, epochs=epochs,
+        progress=True, threads=threads, epochs=epochs, holdout=holdout,
     )  # fmt: skip
     written = adapter.save(out)
+    selection = adapter.meta.get("selection")
+    if selection:
+        typer.echo(selection_table(selection), err=True)
+    kept = f" ({selection['held_out']} held out), kept {selection['chosen']}" if selection else ""
     typer.echo(
-        f"fitted a {kind} adapter on {len(full)} vectors in {adapter.meta['fit_seconds']:.1f}s -> {written}",
+        f"fitted a {kind} adapter on {len(full)} vectors in {adapter.meta['fit_seconds']:.1f}s{kept}"
+        f" ({adapter.kind}) -> {written}",
         err=True,
     )
+
+
+def selection_table(selection: dict) -> str:
+    """The held-out neighbour recall of each candidate map by dim, and which one was kept."""
+    names = list(selection["recall_by_dim"])
+    dims = list(selection["recall_by_dim"][names[0]])
+    lines = [
+        f"held-out {selection['criterion']} ({selection['held_out']} rows):",
+        "candidate " + " ".join(f"{d:>6}" for d in dims) + "   mean",
+    ]
+    for name in names:
+        marker = " <- kept" if name == selection["chosen"] else ""
+        recalls = " ".join(f"{selection['recall_by_dim'][name][d]:6.3f}" for d in dims)
+        lines.append(f"{name:<9} {recalls} {selection['mean_recall'][name]:6.3f}{marker}")
+    return "\n".join(lines)
 
 
 @adapt.command()

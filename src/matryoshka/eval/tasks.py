@@ -1,4 +1,5 @@
-"""Evaluation tasks: STS-B and any BEIR-format retrieval set, scored at any prefix of cached vectors.
+"""Evaluation tasks: STS-B, any BEIR-format retrieval set and Flickr8k caption retrieval, scored at any
+prefix of cached vectors.
 
 A task encodes its texts once per model at full dim (through the on-disk cache), then scores any
 dim as a ``truncate`` of those vectors; evaluating seven dims costs one encoding pass. Vectors are
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from matryoshka.cache import cached_encode_full
-from matryoshka.datasets import data_dir, load_beir, load_stsb
+from matryoshka.datasets import BeirData, data_dir, load_beir, load_flickr_retrieval, load_stsb
 from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import mrr_at_k, ndcg_at_k, pearson, qrels_recall_at_k, run_from_search, spearman
@@ -36,6 +37,7 @@ class Task(Protocol):
     metric: str  # the headline metric, one of the keys :meth:`score` returns
 
     def embed(self, encoder: Encoder) -> Blocks: ...
+    def fit_texts(self) -> list[str]: ...
     def fit_vectors(self, encoder: Encoder) -> np.ndarray: ...
     def score(self, blocks: Blocks, dim: int) -> dict[str, float]: ...
     def similarity_gap(self, blocks: Blocks, dim: int) -> float: ...
@@ -78,10 +80,13 @@ class StsTask:
             "second": vectors[[row[s] for s in self.pairs.second]],
         }
 
-    def fit_vectors(self, encoder: Encoder) -> np.ndarray:
+    def fit_texts(self) -> list[str]:
+        """The texts baselines and adapters are fitted on: the distinct train-split sentences."""
         train = load_stsb("train")
-        sentences = list(dict.fromkeys(train.first + train.second))[: self.fit_limit]
-        return cached_encode_full(encoder, sentences)
+        return list(dict.fromkeys(train.first + train.second))[: self.fit_limit]
+
+    def fit_vectors(self, encoder: Encoder) -> np.ndarray:
+        return cached_encode_full(encoder, self.fit_texts())
 
     def score(self, blocks: Blocks, dim: int) -> dict[str, float]:
         cosine = _pair_cosines(blocks["first"], blocks["second"], dim)
@@ -101,15 +106,19 @@ class StsTask:
 class BeirTask:
     """A BEIR-format set: nDCG@10, Recall@10/100 and MRR@10 (x100) of exact search at each prefix.
 
+    ``source`` is a BEIR directory or an already loaded :class:`BeirData` (then ``name`` names it).
     Baselines are fitted on the corpus vectors (no relevance labels involved).
     """
 
     metric = "ndcg@10"
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        self.data = load_beir(self.directory)
-        self.name = f"beir:{self.directory.name}"
+    def __init__(self, source: str | Path | BeirData, name: str | None = None) -> None:
+        if isinstance(source, BeirData):
+            self.data = source
+        else:
+            self.directory = Path(source)
+            self.data = load_beir(self.directory)
+        self.name = name or f"beir:{self.directory.name}"
         rng = np.random.default_rng(RANDOM_PAIRS_SEED)
         self.random_docs = rng.integers(0, len(self.data.doc_ids), size=len(self.data.query_ids))
         row = {doc: i for i, doc in enumerate(self.data.doc_ids)}
@@ -133,8 +142,12 @@ class BeirTask:
             "corpus": cached_encode_full(encoder, self.data.doc_texts),
         }
 
+    def fit_texts(self) -> list[str]:
+        """The texts baselines and adapters are fitted on: the corpus (no query, no qrel)."""
+        return self.data.doc_texts
+
     def fit_vectors(self, encoder: Encoder) -> np.ndarray:
-        return cached_encode_full(encoder, self.data.doc_texts)
+        return cached_encode_full(encoder, self.fit_texts())
 
     def score(self, blocks: Blocks, dim: int) -> dict[str, float]:
         """Exact search finds each query's top 100; they are re-scored in float64 before ranking, so
@@ -164,11 +177,21 @@ class BeirTask:
         return blocks["queries"], blocks["corpus"]
 
 
+def flickr_task(split: str = "heldout") -> BeirTask:
+    """Flickr8k caption retrieval (:func:`matryoshka.datasets.load_flickr_retrieval`): each held-out
+    image's first caption retrieves the other captions of its image among those of all held-out images;
+    scored like any BEIR set, baselines fitted on the corpus captions."""
+    return BeirTask(load_flickr_retrieval(split), name=f"flickr8k:{split}")
+
+
 def parse_task(spec: str) -> Task:
-    """``stsb`` (test split), ``stsb:SPLIT``, or ``beir:DIR`` (a path, or a folder under the data root)."""
+    """``stsb`` (test split), ``stsb:SPLIT``, ``beir:DIR`` (a path, or a folder under the data root), or
+    ``flickr8k`` (caption retrieval on the held-out images; ``flickr8k:train`` on the train images)."""
     kind, _, argument = spec.partition(":")
     if kind == "stsb":
         return StsTask(argument or "test")
+    if kind == "flickr8k":
+        return flickr_task(argument or "heldout")
     if kind == "beir":
         if not argument:
             raise MatryoshkaError("task beir needs a directory: beir:DIR (e.g. beir:scifact)")
@@ -182,4 +205,4 @@ def parse_task(spec: str) -> Task:
         if not directory.is_dir():
             raise MatryoshkaError(f"missing data: no BEIR directory {argument!r} (nor under the data root)")
         return BeirTask(directory)
-    raise MatryoshkaError(f"unknown task {spec!r}: use stsb, stsb:SPLIT or beir:DIR")
+    raise MatryoshkaError(f"unknown task {spec!r}: use stsb, stsb:SPLIT, beir:DIR or flickr8k")

@@ -60,6 +60,7 @@ def train(
     hidden: int = 256,
     init: str = "mean-last",
     orthogonal: bool = True,
+    fixed_mean_axis: bool = False,
     seed: int = 0,
 ) -> tuple[Adapter, str]:
     """Fit a ``linear``/``mlp``/``select`` adapter; returns it and a description of the objective.
@@ -67,6 +68,9 @@ def train(
     ``init="mean-last"`` starts from :func:`mean_last_rotation` (no centring), ``"pca"`` from the centred
     PCA rotation, ``"identity"`` from plain truncation; ``orthogonal`` keeps the matrix a rotation
     (Cayley map of a learned skew matrix), so full-dim similarities stay exactly those of the input.
+    ``fixed_mean_axis`` (with ``mean-last``): the rotation turns only the axes orthogonal to the mean
+    direction, which stays the last coordinate, so every shorter prefix stays centred in effect (its
+    axes are orthogonal to the mean) while the full dim keeps the input's own cosines.
     """
     import torch
     import torch.nn.functional as F
@@ -95,6 +99,9 @@ def train(
         base = torch.from_numpy(rotation.copy())
         if orthogonal:  # weight = base @ cayley(skew): stays a rotation, so the full dim keeps every ranking
             params["skew"] = torch.nn.Parameter(torch.zeros(full_dim, full_dim))
+            skew_mask = torch.ones(full_dim, full_dim)
+            if fixed_mean_axis and init == "mean-last" and kind != "select":
+                skew_mask[-1, :] = skew_mask[:, -1] = 0  # the last axis (the mean direction) stays put
         else:
             params["weight"] = torch.nn.Parameter(base.clone())
         if kind == "mlp":
@@ -108,7 +115,7 @@ def train(
 
     def current_weight() -> torch.Tensor:
         if "skew" in params:
-            skew = params["skew"] - params["skew"].T
+            skew = (params["skew"] - params["skew"].T) * skew_mask
             identity = torch.eye(full_dim)
             return base @ torch.linalg.solve(identity - skew, identity + skew)
         return params["weight"]

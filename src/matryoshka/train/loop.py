@@ -161,6 +161,12 @@ def loss_dims(config: TrainConfig, base: str) -> tuple[int, ...]:
     return config.dims if multi_scale else (max(config.dims),)
 
 
+def schedule_ran(kind: str, dims: tuple[int, ...]) -> str:
+    """The schedule a run actually follows: with a loss on one dim (InfoNCE's full dim only), every
+    phase trains that dim alone, whatever ``--schedule`` asked for."""
+    return kind if len(set(dims)) > 1 else "full dim only"
+
+
 def train(config: TrainConfig) -> dict:
     """Train, save the model to ``config.out`` with its metadata and report; returns the report."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -228,6 +234,7 @@ def train(config: TrainConfig) -> dict:
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
     recipe = {k: v for k, v in asdict(config).items() if k not in ("out", "resume", "extra")}
+    recipe["schedule"] = schedule_ran(config.schedule, loss.dims)  # what ran, not only what was asked
     adapter = _fold_adapter(config, model.st, data) if trainer.is_world_process_zero() else None
     metadata = {
         "supported_dims": served if adapter else loss.dims,
@@ -258,9 +265,10 @@ def _fold_adapter(config: TrainConfig, st, data: TrainingData) -> dict | None:
     from matryoshka.train.fold import fit_on_training_texts, fold_adapter
 
     st.eval()
-    adapter = fit_on_training_texts(st, data, config.dims, threads=torch.get_num_threads())
+    adapter = fit_on_training_texts(st, data, config.dims, threads=torch.get_num_threads(), progress=True)
     fold_adapter(st, adapter)
-    return {key: adapter.meta[key] for key in ("kind", "dims", "objective", "fitted_on", "fit_seconds")}
+    keys = ("kind", "dims", "objective", "fitted_on", "fit_seconds", "selection")
+    return {key: adapter.meta[key] for key in keys if key in adapter.meta}
 
 
 def validate(config: TrainConfig) -> None:
