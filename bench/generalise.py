@@ -85,8 +85,8 @@ def main() -> None:
         }
         for source, adapter in fitted.items():
             where = "in domain" if source == target else "out of domain"
-            chosen = adapter.meta["selection"]["chosen"]
-            rows[f"adapter fitted on {source} ({where}; kept: {chosen})"] = scores(target, adapter.transform)
+            kept = adapter.meta["selection"]["chosen"]
+            rows[f"adapter fitted on {source} ({where}; kept: {kept})"] = scores(target, adapter.transform)
         for label, values in rows.items():
             print(target, label, " ".join(f"{v:.2f}" for v in values), flush=True)
         results[target] = rows

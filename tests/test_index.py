@@ -208,7 +208,7 @@ def test_bad_queries_and_other_models_are_refused(built, encoder):
     with pytest.raises(MatryoshkaError, match="already in the index: s3"):
         index.add(corpus[:1], ids=["s3"])
     other = {"kind": "model", "model": "other-model", "fingerprint": "0123456789abcdef"}
-    index._update_manifest(source=other)
+    index.store.update_manifest(source=other)
     with pytest.raises(MatryoshkaError, match="cannot search an index of vectors from other-model"):
         index.use_encoder(encoder)
 

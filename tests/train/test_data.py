@@ -80,7 +80,7 @@ def test_bad_settings_exit_2_before_loading_anything(tmp_path):
         (["--weights", "1,2"], "2 weights given for 7 dims"),
         (["--loss", "triplet"], "unknown loss"),
         (["--dims", "384,x"], "comma-separated integers"),
-        (["--resume"], "no checkpoint"),
+        (["--resume"], "no complete checkpoint"),
     ]:
         result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "o"), *extra])
         assert result.exit_code == 2, extra
