@@ -86,6 +86,14 @@ def binaries() -> Path:
     return target / "bin"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies (Linux), so a
+    killed test run or benchmark leaves no server behind."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class MilvusServer:
     """One Milvus standalone server on free loopback ports with its own temp data dir."""
 
@@ -160,6 +168,7 @@ class MilvusServer:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, killed as one
+                preexec_fn=_die_with_parent,
             )
         try:
             self._wait_ready(timeout)
