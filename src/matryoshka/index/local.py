@@ -49,6 +49,7 @@ class MatryoshkaIndex:
         self._encoder: Encoder | None = None
         self._graphs: dict[int, object] = {}
         self._rotation: np.ndarray | None = None
+        self._plan: tuple[dict, Plan] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -180,8 +181,13 @@ class MatryoshkaIndex:
         return made
 
     def saved_plan(self) -> Plan | None:
+        """The plan in the manifest (read once per manifest, since a default search asks each time)."""
         record = self.store.manifest.get("plan")
-        return Plan.from_json(record) if record else None
+        if not record:
+            return None
+        if self._plan is None or self._plan[0] is not record:
+            self._plan = (record, Plan.from_json(record))
+        return self._plan[1]
 
     # ---- queries --------------------------------------------------------------------------------
     @property
