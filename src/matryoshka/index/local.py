@@ -335,6 +335,8 @@ class MatryoshkaIndex:
 
     def info(self) -> dict:
         """Manifest facts, the default funnel, and live and deleted row counts."""
+        if self.store.refresh():  # another process committed since this index last looked
+            self._forget_memory()
         manifest = self.store.manifest
         keys = ("source", "full_dim", "chunks", "dtype", "int8_dim", "binary_dim", "rows", "format_version")
         default = self.default_funnel()
