@@ -21,14 +21,17 @@ from matryoshka.cache import cached_encode_full
 from matryoshka.cli import app
 from matryoshka.datasets import load_stsb
 from matryoshka.errors import MatryoshkaError
-from matryoshka.ray_encode import encode_on_ray, iter_shards, read_shards, shards_plan
+from matryoshka.ray_encode import encode_on_ray, iter_shards, read_shards, shards_plan, start_ray
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, log_to_driver=False)
+    try:
+        start_ray(num_cpus=2, object_store_memory=200 << 20)
+    except MatryoshkaError as exc:  # Ray's own node (not this project's code) failed twice: say why
+        pytest.skip(str(exc))
     yield
     ray.shutdown()
 

@@ -23,6 +23,7 @@ import numpy as np
 from matryoshka.errors import MatryoshkaError
 
 PLAN_FILE = "plan.json"
+RAY_START_TRIES = 2
 MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 10, 64 << 20  # a file is cut into about 64 shards between these
 
 
@@ -207,12 +208,7 @@ def encode_on_ray(
         raise MatryoshkaError(f"cannot write to {out}: {exc.strerror or exc}") from None
     started = not ray.is_initialized()
     if started:
-        if os.environ.get("RAY_ADDRESS"):  # a cluster: `ray start --head`, then RAY_ADDRESS=host:6379
-            ray.init(log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(
-                address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-            )
+        start_ray()
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if 0 < gpus < workers:
@@ -248,6 +244,39 @@ def encode_on_ray(
     if summary.rows == 0 and summary.skipped == 0:
         raise MatryoshkaError(f"{corpus} holds no texts")
     return summary
+
+
+def start_ray(**options) -> None:
+    """Join ``$RAY_ADDRESS`` (a cluster: `ray start --head`, then RAY_ADDRESS=host:6379), else start a
+    local Ray (``options`` go to ``ray.init``). A local start is tried ``RAY_START_TRIES``
+    times: Ray gives its raylet a fixed 30 s to register, which a cold start on a busy machine can miss;
+    the last failure names the raylet's log."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, logging_level=logging.WARNING, **options)
+        return
+    options = {"include_dashboard": False} | options
+    for attempt in range(RAY_START_TRIES):
+        try:
+            ray.init(address="local", log_to_driver=False, logging_level=logging.WARNING, **options)
+            return
+        except Exception as exc:  # Ray raises a bare Exception when its node times out
+            ray.shutdown()
+            if attempt == RAY_START_TRIES - 1:
+                raise MatryoshkaError(f"Ray did not start: {exc}{_raylet_log()}") from None
+
+
+def _raylet_log(lines: int = 20) -> str:
+    """The end of the newest local Ray session's raylet log, if one was written."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    logs = Path(get_default_ray_temp_dir()) / "session_latest" / "logs"
+    found = [path for name in ("raylet.err", "raylet.out") if (path := logs / name).is_file()]
+    tails = [
+        f"\n{path}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) for path in found
+    ]
+    return "".join(tails)
 
 
 def _write_plan(out: Path, plan: dict) -> None:
