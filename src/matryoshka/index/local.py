@@ -72,7 +72,7 @@ class MatryoshkaIndex:
         source: dict = {"kind": "vectors" if vectors_from else "model", "path": vectors_from}
         if model is not None:
             encoder = model if hasattr(model, "fingerprint") else _encoder(model)
-            source.update(model=encoder.info.name, fingerprint=encoder.fingerprint)
+            source.update(model=encoder.info.reference, fingerprint=encoder.fingerprint)
             if full_dim is not None and full_dim != encoder.full_dim:
                 raise DimensionError(
                     f"model {encoder.info.name} makes {encoder.full_dim}-dim vectors, not {full_dim}"

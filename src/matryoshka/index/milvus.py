@@ -249,7 +249,7 @@ class MilvusIndex:
                     f"model {encoder.info.name} makes {encoder.full_dim}-dim vectors, not {full_dim}"
                 )
             full_dim = encoder.full_dim
-            properties.update(model=encoder.info.name, fingerprint=encoder.fingerprint)
+            properties.update(model=encoder.info.reference, fingerprint=encoder.fingerprint)
         elif full_dim is None:
             raise MatryoshkaError("an index needs a model or the full dim of its vectors")
         prefix_dim = validate_dim(prefix_dim, full_dim)
