@@ -140,7 +140,7 @@ def build(
     array, made_by = (encoded[2], encoded[3]) if encoded else (None, None)
     model = model or (made_by or {}).get("model_path")
     if rotate and (array is None or is_milvus(out) or made_by):
-        raise MatryoshkaError("--rotate is fitted on .npy --vectors and kept by a local index directory")
+        raise MatryoshkaError("--rotate is fitted on --vectors (a .npy) and kept by a local index directory")
     milvus = {"collection": collection, "token": token, "prefix_dim": prefix_dim, "index_type": index_type}
     index = _existing(out) or _create(out, model, array, chunks, dtype, vectors, rotate, milvus)
     if made_by and index.info()["source"].get("fingerprint") != made_by["fingerprint"]:
