@@ -7,12 +7,14 @@ output is cut with :func:`matryoshka.dims.truncate` like any other vector.
 - ``raw``: identity (plain truncation), the baseline to beat.
 - ``pca``: the PCA rotation of the fitting vectors (centred, components by decreasing variance).
 - ``select``: learned truncation: a permutation of the original coordinates, most important first.
-- ``linear``: a rotation, initialised with the principal axes first and the mean direction last, trained
-  with the multi-prefix objective (:mod:`matryoshka.train.adapter_objective`); full-dim rankings stay.
+- ``linear``: centring on the fitting mean, then a rotation initialised with the centred principal
+  axes and trained with the multi-prefix objective (:mod:`matryoshka.train.adapter_objective`); full-dim
+  rankings are those of the centred vectors. (Fitted with ``init="mean-last"``: no centring, a pure
+  rotation that keeps the input's own full-dim rankings and folds into a model.)
 - ``mlp``: ``linear`` plus a small residual MLP (zero-initialised, so it starts as ``linear``).
 
-Fitting a ``linear``/``mlp`` adapter may keep its untrained start rotation or the centred PCA map
-instead, when held-out rows say so (``meta["selection"]``, :mod:`matryoshka.train.adapter`).
+Fitting a ``linear``/``mlp`` adapter may keep its untrained start (centred PCA) instead, when held-out
+rows say so (``meta["selection"]``, :mod:`matryoshka.train.adapter`).
 
 An adapter is one ``.npz`` file (arrays plus JSON metadata: source model or provider, input dim, dims,
 objective, kind, hash of the fitting vectors); saved into a model directory, the Encoder applies it.

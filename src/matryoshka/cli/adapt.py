@@ -86,7 +86,7 @@ def fit(
         True, "--pseudo-queries/--no-pseudo-queries", help="Use corpus sentences as query-like anchors."
     ),
     source: str | None = typer.Option(None, "--source", help="Provider/model name of --vectors."),
-    epochs: float = typer.Option(2.0, "--epochs", min=0.01),
+    epochs: float = typer.Option(10.0, "--epochs", min=0.01),
     threads: int = typer.Option(1, "--threads", min=1),
     holdout: float = typer.Option(
         0.1, "--holdout", min=0.0, max=0.5, help="Share of the vectors held out to choose the map (0: none)."
@@ -94,17 +94,18 @@ def fit(
 ) -> None:
     """Fit an adapter so that prefixes of the adapted vectors keep the full-dim neighbours.
 
-    A linear/mlp fit holds out part of the vectors and keeps whichever of the trained map, its starting
-    rotation and centred PCA keeps most of the held-out rows' full-dim neighbours (printed, and saved in
-    the adapter's metadata)."""
+    A linear/mlp fit is affine: it centres the vectors on the fitting mean (queries alike), then
+    rotates. It holds out part of the vectors and keeps whichever of the trained map and its start,
+    centred PCA, keeps most of the held-out rows' centred full-dim neighbours (printed, and saved in the
+    adapter's metadata)."""
     from matryoshka.adapter import KINDS
-    from matryoshka.train.adapter import fit_adapter, sentence_queries
+    from matryoshka.train.adapter import fit_adapter, sentence_sources
 
     if kind not in KINDS:
         raise MatryoshkaError(f"unknown adapter kind {kind!r}: use one of {', '.join(KINDS)}")
     if (corpus is None) == (vectors is None):
         raise MatryoshkaError("give either --corpus (with --model) or --vectors")
-    query_vectors = pair_vectors = None
+    query_vectors = pair_vectors = sources = None
     if corpus is not None:
         from matryoshka.encoder import Encoder
 
@@ -112,7 +113,7 @@ def fit(
         texts = read_corpus_texts(corpus, field, title_field or None)
         full = encoder.encode_full(texts)
         if pseudo_queries and kind in ("linear", "mlp", "select"):
-            sentences = sentence_queries(texts)
+            sentences, sources = sentence_sources(texts)
             query_vectors = encoder.encode_full(sentences) if sentences else None
         if pairs is not None:
             first, second = read_pairs(pairs)
@@ -128,6 +129,7 @@ def fit(
         origin = {"provider": source or "unknown", "file": vectors.name}
     adapter = fit_adapter(
         full, kind, parse_dims(dims), queries=query_vectors, pairs=pair_vectors, source=origin,
+        query_sources=sources if query_vectors is not None else None,
         progress=True, threads=threads, epochs=epochs, holdout=holdout,
     )  # fmt: skip
     written = adapter.save(out)

@@ -1,11 +1,13 @@
 """Fitting post-hoc Matryoshka adapters (the map itself, and applying it, is :mod:`matryoshka.adapter`).
 
-A trained kind (``linear``, ``mlp``) is chosen honestly: part of the fitting vectors is held out (no
-labels needed), the candidates (the centred PCA rotation, the trained map's untrained starting rotation
-and the trained map itself) are fitted on the rest, and the one whose prefixes keep most of the held-out
-rows' full-dim neighbours, averaged over the dims, is kept; so a fitted adapter is never worse than its
-own starting point on the objective it optimises. One map is chosen for all dims: every prefix of one
-output vector must come from the same map, and the prefixes of different maps do not nest.
+A trained kind (``linear``, ``mlp``) is affine and chosen honestly: it centres on the fitting mean
+and starts from the centred PCA rotation; part of the fitting vectors is held out (no labels needed),
+the candidates (centred PCA, the trained map) are fitted on the rest, and the one whose prefixes keep
+most of the held-out rows' full-dim neighbours (of the centred vectors: the frame both work in),
+averaged over the dims, is kept; so a fitted adapter is never worse than its own starting point on the
+objective it optimises. One map is chosen for all dims: every prefix of one output vector must come
+from the same map, and the prefixes of different maps do not nest. An uncentred fit (``init="mean-last"``,
+a pure rotation, which folds into a model) is judged on the input's own neighbours.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ HOLDOUT_MIN_VECTORS = 100  # below this many vectors, no hold-out: the trained m
 SELECTION_NEIGHBOURS = 10
 SELECTED_KINDS = ("linear", "mlp")  # the kinds whose fit chooses among candidates on held-out rows
 CANDIDATES = ("start", "pca", "trained")  # in order of preference on a tie: the simplest first
+DEFAULT_CANDIDATES = ("pca", "trained")  # the default start is centred PCA itself
+DEFAULT_INIT = "pca"  # centred: centring lifts every dim on each staged set (docs/benchmarks.md)
 
 
 def sentence_queries(texts: Sequence[str], per_text: int = 1, min_words: int = 6, seed: int = 0) -> list[str]:
@@ -36,16 +40,43 @@ def sentence_queries(texts: Sequence[str], per_text: int = 1, min_words: int = 6
     A document's own sentences are short, self-contained statements about it, as users' queries are;
     their full-dim neighbours show the adapter what query-to-document rankings to keep.
     """
+    return sentence_sources(texts, per_text, min_words, seed)[0]
+
+
+def sentence_sources(
+    texts: Sequence[str], per_text: int = 1, min_words: int = 6, seed: int = 0
+) -> tuple[list[str], list[int]]:
+    """:func:`sentence_queries` and, for each, the index of the text it came from."""
     rng = np.random.default_rng(seed)
-    chosen = []
-    for text in texts:
+    chosen, sources = [], []
+    for number, text in enumerate(texts):
         sentences = [s for s in SENTENCE_END.split(text) if len(s.split()) >= min_words]
         if len(sentences) == 1 and sentences[0].strip() == text.strip():
             continue  # a one-sentence text (a caption, an STS sentence) is its own vector, not a query
         if len(sentences) > per_text:
             sentences = [sentences[i] for i in sorted(rng.choice(len(sentences), per_text, replace=False))]
         chosen.extend(sentences)
-    return chosen
+        sources.extend([number] * len(sentences))
+    return chosen, sources
+
+
+def centring_helps(
+    vectors: np.ndarray, queries: np.ndarray, sources: Sequence[int], mean: np.ndarray
+) -> dict[str, float]:
+    """Mean reciprocal rank of each pseudo-query's own text among ``vectors`` at the full dim, as given
+    and centred on ``mean`` (queries alike): a label-free check that centring on the corpus mean does not
+    move queries of another kind (a claim, a question) away from their documents."""
+    rows = np.asarray(sources)[:HOLDOUT_MAX]
+    queries = queries[: len(rows)]
+    mrr = {}
+    for frame, (docs, asked) in {
+        "input": (vectors, queries),
+        "centred": (truncate(vectors - mean), truncate(queries - mean)),
+    }.items():
+        scores = asked @ docs.T
+        ranks = (scores > scores[np.arange(len(rows)), rows][:, None]).sum(axis=1)
+        mrr[frame] = round(float(np.mean(1 / (ranks + 1))), 4)
+    return mrr
 
 
 def fit_adapter(
@@ -55,24 +86,28 @@ def fit_adapter(
     queries: np.ndarray | None = None,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
     source: dict | None = None,
+    query_sources: Sequence[int] | None = None,
     progress: bool = False,
     threads: int = 1,
     holdout: float = HOLDOUT,
-    candidates: Sequence[str] = CANDIDATES,
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
     seed: int = 0,
     **options,
 ) -> Adapter:
     """Fit an adapter of ``kind`` on frozen full-dim ``vectors`` (a corpus, from any model or provider).
 
     ``queries``: optional query-like vectors (e.g. sentences of the corpus documents) whose full-dim
-    neighbours in ``vectors`` every prefix should keep; ``pairs``: optional (query, positive) vectors
-    for the supervised in-batch-negatives term. ``threads``: BLAS and torch threads (one is fastest on
-    a shared machine: these matrices are small and oversubscribed threads spin). ``holdout``: share of
-    ``vectors`` held out to choose among the candidates of a ``linear``/``mlp`` fit (0: keep the trained
-    map unchecked; with ``pairs`` there is no choice either, since their supervised signal is what the
-    unsupervised criterion cannot judge); the choice and its held-out figures are in
-    ``meta["selection"]``. ``candidates``: a subset of :data:`CANDIDATES` (e.g. the uncentred rotations
-    alone, to fold into a model). ``options`` go to :func:`matryoshka.train.adapter_objective.train`.
+    neighbours in ``vectors`` every prefix should keep; ``query_sources``: the row of ``vectors`` each
+    query came from (:func:`sentence_sources`): the fit centres only if the queries find their rows no
+    worse centred (:func:`centring_helps`; claims and questions over abstracts may not); ``pairs``:
+    optional (query, positive) vectors for the supervised in-batch-negatives term. ``threads``: BLAS
+    and torch threads (one is fastest on a shared machine: these matrices are small and oversubscribed
+    threads spin). ``holdout``: share of ``vectors`` held out to choose among the candidates of a
+    ``linear``/``mlp`` fit (0: keep the trained map unchecked; with ``pairs`` there is no choice
+    either, since their supervised signal is what the unsupervised criterion cannot judge); the choice
+    and its held-out figures are in ``meta["selection"]``. ``candidates``: a subset of
+    :data:`CANDIDATES` (e.g. the uncentred rotations alone, to fold into a model). ``options`` go to
+    :func:`matryoshka.train.adapter_objective.train`.
     """
     if kind not in KINDS:
         raise MatryoshkaError(f"unknown adapter kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -97,6 +132,8 @@ def fit_adapter(
     selection = None
     with threadpool_limits(limits=threads):
         if kind in SELECTED_KINDS and holdout > 0 and pairs is None and len(vectors) >= HOLDOUT_MIN_VECTORS:
+            if query_sources is not None and queries is not None:
+                options["query_sources"] = query_sources
             adapter, objective, selection = _fit_selected(
                 vectors, kind, dims, queries, pairs, progress, threads, holdout, candidates, options
             )
@@ -126,16 +163,23 @@ def held_out_split(count: int, share: float, seed: int = 0) -> tuple[np.ndarray,
 
 
 def neighbour_recall_by_dim(
-    adapter: Adapter, corpus: np.ndarray, rows: np.ndarray, dims: Sequence[int], k: int = SELECTION_NEIGHBOURS
+    adapter: Adapter,
+    corpus: np.ndarray,
+    rows: np.ndarray,
+    dims: Sequence[int],
+    k: int = SELECTION_NEIGHBOURS,
+    mean: np.ndarray | None = None,
 ) -> dict[int, float]:
     """How many of each ``rows``' ``k`` full-dim neighbours in ``corpus`` (itself excluded) a search over
-    ``adapter``'s prefixes finds, at every dim: the unsupervised criterion the adapter is chosen by."""
+    ``adapter``'s prefixes finds, at every dim: the unsupervised criterion the adapter is chosen by.
+    ``mean``: the neighbours are those of the corpus centred on it (the frame of a centred adapter)."""
     from matryoshka.eval.metrics import recall_at_k
     from matryoshka.index.search import exact_search
 
     k = min(k, len(corpus) - 1)
     anchors = corpus[rows]
-    _, exact = exact_search(anchors, corpus, k + 1)
+    frame = corpus if mean is None else truncate(corpus - mean)
+    _, exact = exact_search(frame[rows], frame, k + 1)
     adapted, adapted_anchors = adapter.transform(corpus), adapter.transform(anchors)
     recalls = {}
     for dim in dims:
@@ -151,14 +195,20 @@ def _without(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 
 def _fit_selected(vectors, kind, dims, queries, pairs, progress, threads, holdout, names, options):
-    """The trained map, its starting rotation or centred PCA, fitted on the non-held-out rows, whichever
-    keeps most of the held-out rows' full-dim neighbours (mean recall over ``dims``); ties keep the
-    simplest (start, then PCA)."""
+    """The trained map or its start (centred PCA; the mean-last rotation when the pseudo-queries say
+    centring hurts), fitted on the non-held-out rows, whichever keeps most of the held-out rows'
+    full-dim neighbours in its frame (mean recall over ``dims``); ties keep the simplest."""
     fit_rows, held_rows = held_out_split(len(vectors), holdout, options.get("seed", 0))
     fit_on = vectors[fit_rows]
     mean, axes = pca_rotation(fit_on)
     zeros = np.zeros(vectors.shape[1], np.float32)
-    init = options.get("init", "mean-last")
+    init = options.setdefault("init", DEFAULT_INIT)
+    sources, centring = options.pop("query_sources", None), None
+    if init == "pca" and sources is not None:
+        centring = centring_helps(vectors, queries, sources, mean)
+        if centring["centred"] < centring["input"]:  # keep the input's frame: a rotation, no centring
+            init = options["init"] = "mean-last"
+            names = ["start" if name == "pca" else name for name in names]
     start = {
         "mean-last": Adapter("linear", zeros, mean_last_rotation(fit_on)),
         "pca": Adapter("linear", mean, axes),
@@ -167,15 +217,22 @@ def _fit_selected(vectors, kind, dims, queries, pairs, progress, threads, holdou
     trained, objective = _fit(fit_on, kind, dims, queries, pairs, progress, threads, options)
     every = {"start": start, "pca": Adapter("pca", mean, axes), "trained": trained}
     candidates = {name: every[name] for name in CANDIDATES if name in names}
-    recalls = {name: neighbour_recall_by_dim(c, vectors, held_rows, dims) for name, c in candidates.items()}
+    frame = mean if init == "pca" else None  # neighbours judged in the frame the trained map works in
+    recalls = {
+        name: neighbour_recall_by_dim(c, vectors, held_rows, dims, mean=frame)
+        for name, c in candidates.items()
+    }
     means = {name: float(np.mean(list(by_dim.values()))) for name, by_dim in recalls.items()}
     chosen = max(candidates, key=lambda name: (means[name], -list(candidates).index(name)))
     selection = {
         "chosen": chosen,
-        "criterion": f"mean over dims of held-out rows' full-dim {SELECTION_NEIGHBOURS}-neighbour recall",
+        "criterion": f"mean over dims of held-out rows' full-dim {SELECTION_NEIGHBOURS}-neighbour recall"
+        + (" (centred)" if frame is not None else ""),
         "held_out": len(held_rows),
         "trained_on": len(fit_rows),
         "start": f"{init} rotation",
+        "frame": "centred" if frame is not None else "input",
+        "source_mrr": centring,
         "mean_recall": {name: round(value, 4) for name, value in means.items()},
         "recall_by_dim": {name: {d: round(r, 4) for d, r in rows.items()} for name, rows in recalls.items()},
     }
