@@ -9,11 +9,11 @@ from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index.search import exact_search
 from matryoshka.models import ADAPTER_FILE
 from matryoshka.train.adapter import (
-    centring_helps,
     fit_adapter,
     held_out_split,
     neighbour_recall_by_dim,
     sentence_queries,
+    source_mrr,
 )
 
 PREFIX_DIMS = (256, 128, 64, 32, 16, 8)
@@ -305,7 +305,7 @@ def test_pseudo_queries_decide_whether_the_adapter_centres(offset, frame):
     documents, queries = _offset_corpus(offset)
     rows = np.arange(200)
     fit_rows, _ = held_out_split(200, 0.1)
-    mrr = centring_helps(documents, queries, rows, documents[fit_rows].mean(axis=0))
+    mrr = source_mrr(documents, queries, rows, documents[fit_rows].mean(axis=0))
     assert (mrr["centred"] < mrr["input"]) == (frame == "input"), mrr
     centred = truncate(documents - documents[fit_rows].mean(axis=0))
     by_hand = truncate(queries - documents[fit_rows].mean(axis=0)) @ centred.T

@@ -31,7 +31,7 @@ SELECTION_NEIGHBOURS = 10
 SELECTED_KINDS = ("linear", "mlp")  # the kinds whose fit chooses among candidates on held-out rows
 CANDIDATES = ("start", "pca", "trained")  # in order of preference on a tie: the simplest first
 DEFAULT_CANDIDATES = ("pca", "trained")  # the default start is centred PCA itself
-DEFAULT_INIT = "pca"  # centred: centring lifts every dim on each staged set (docs/benchmarks.md)
+DEFAULT_INIT = "pca"  # centred, unless the pseudo-queries find their documents worse centred (source_mrr)
 
 
 def sentence_queries(texts: Sequence[str], per_text: int = 1, min_words: int = 6, seed: int = 0) -> list[str]:
@@ -60,7 +60,7 @@ def sentence_sources(
     return chosen, sources
 
 
-def centring_helps(
+def source_mrr(
     vectors: np.ndarray, queries: np.ndarray, sources: Sequence[int], mean: np.ndarray
 ) -> dict[str, float]:
     """Mean reciprocal rank of each pseudo-query's own text among ``vectors`` at the full dim, as given
@@ -99,7 +99,7 @@ def fit_adapter(
     ``queries``: optional query-like vectors (e.g. sentences of the corpus documents) whose full-dim
     neighbours in ``vectors`` every prefix should keep; ``query_sources``: the row of ``vectors`` each
     query came from (:func:`sentence_sources`): the fit centres only if the queries find their rows no
-    worse centred (:func:`centring_helps`; claims and questions over abstracts may not); ``pairs``:
+    worse centred (:func:`source_mrr`; claims and questions over abstracts may not); ``pairs``:
     optional (query, positive) vectors for the supervised in-batch-negatives term. ``threads``: BLAS
     and torch threads (one is fastest on a shared machine: these matrices are small and oversubscribed
     threads spin). ``holdout``: share of ``vectors`` held out to choose among the candidates of a
@@ -132,10 +132,9 @@ def fit_adapter(
     selection = None
     with threadpool_limits(limits=threads):
         if kind in SELECTED_KINDS and holdout > 0 and pairs is None and len(vectors) >= HOLDOUT_MIN_VECTORS:
-            if query_sources is not None and queries is not None:
-                options["query_sources"] = query_sources
+            sources = query_sources if queries is not None else None
             adapter, objective, selection = _fit_selected(
-                vectors, kind, dims, queries, pairs, progress, threads, holdout, candidates, options
+                vectors, kind, dims, queries, sources, progress, threads, holdout, candidates, options
             )
         else:
             adapter, objective = _fit(vectors, kind, dims, queries, pairs, progress, threads, options)
@@ -194,7 +193,7 @@ def _without(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return np.array([row_ids[mask][:k] for row_ids, mask in zip(ids, keep, strict=True)])
 
 
-def _fit_selected(vectors, kind, dims, queries, pairs, progress, threads, holdout, names, options):
+def _fit_selected(vectors, kind, dims, queries, sources, progress, threads, holdout, names, options):
     """The trained map or its start (centred PCA; the mean-last rotation when the pseudo-queries say
     centring hurts), fitted on the non-held-out rows, whichever keeps most of the held-out rows'
     full-dim neighbours in its frame (mean recall over ``dims``); ties keep the simplest."""
@@ -203,9 +202,9 @@ def _fit_selected(vectors, kind, dims, queries, pairs, progress, threads, holdou
     mean, axes = pca_rotation(fit_on)
     zeros = np.zeros(vectors.shape[1], np.float32)
     init = options.setdefault("init", DEFAULT_INIT)
-    sources, centring = options.pop("query_sources", None), None
+    centring = None
     if init == "pca" and sources is not None:
-        centring = centring_helps(vectors, queries, sources, mean)
+        centring = source_mrr(vectors, queries, sources, mean)
         if centring["centred"] < centring["input"]:  # keep the input's frame: a rotation, no centring
             init = options["init"] = "mean-last"
             names = ["start" if name == "pca" else name for name in names]
@@ -214,7 +213,7 @@ def _fit_selected(vectors, kind, dims, queries, pairs, progress, threads, holdou
         "pca": Adapter("linear", mean, axes),
         "identity": Adapter("linear", zeros, np.eye(vectors.shape[1], dtype=np.float32)),
     }[init]
-    trained, objective = _fit(fit_on, kind, dims, queries, pairs, progress, threads, options)
+    trained, objective = _fit(fit_on, kind, dims, queries, None, progress, threads, options)
     every = {"start": start, "pca": Adapter("pca", mean, axes), "trained": trained}
     candidates = {name: every[name] for name in CANDIDATES if name in names}
     frame = mean if init == "pca" else None  # neighbours judged in the frame the trained map works in
