@@ -1,10 +1,10 @@
-"""Milvus: the funnel (prefix ANN on ``C`` + full-dim rerank, client- or server-side) against the
+"""Milvus: the funnel (prefix ANN on ``C`` + full-dim rerank on the server) against the
 server's own full-dim search, on a real Milvus 2.3 server (and on Milvus Lite, a test stand-in).
 
 Data: real MiniLM sentence vectors of bench/search_data.py's set (cached slices of 10,000; ``--rows``
 is cut to the slices already in the cache unless ``--encode``) and held-out queries. The server is a
 ``milvus-server`` started by tests/milvus_server.py on loopback ports, or ``--uri`` (a server or a
-cluster: the same cases run there). One index per first-stage type (FLAT, HNSW, IVF_FLAT on ``v64``),
+cluster: the same cases run there). One index per first-stage type (FLAT, HNSW on ``v64``),
 each built, flushed and waited on until indexed; queries run one at a time (QPS = queries / wall
 seconds), every case in turn per query (so they share the load of a shared machine), at Bounded
 consistency. recall@10 is against exact full-dim search (numpy); "= exact funnel"
@@ -15,7 +15,6 @@ Run: PYTHONPATH=src python bench/milvus.py [--rows 100000] [--queries 200] [--li
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from matryoshka.dims import truncate
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import exact_search
-from matryoshka.index.milvus import DEFAULT_EF, DEFAULT_NPROBE, DEFAULT_RERANK, MilvusIndex
+from matryoshka.index.milvus import DEFAULT_EF, MilvusIndex
 from milvus_server import MilvusServer
 from report import hardware, markdown_table, write_section
 from search_data import ENCODE_SLICE, real_texts
@@ -58,18 +57,16 @@ def vectors(rows: int, query_count: int, encode: bool) -> tuple[np.ndarray, np.n
     return np.concatenate(slices)[:rows], cached_encode_full(encoder, queries)[:query_count]
 
 
-def interleaved(index: MilvusIndex, queries: np.ndarray, cases: list[tuple[str, str]]) -> list[tuple]:
-    """Each query alone through every (funnel, rerank) case in turn, so that the cases share the
-    machine's load as it changes; per case (row ids, queries per second, median ms). 5 warm-ups each."""
-    for funnel, place in cases:
-        index.rerank = place
+def interleaved(index: MilvusIndex, queries: np.ndarray, cases: list[str]) -> list[tuple]:
+    """Each query alone through every funnel in turn, so that the cases share the machine's load as
+    it changes; per case (row ids, queries per second, median ms). 5 warm-ups each."""
+    for funnel in cases:
         for query in queries[:5]:
             index.search(query[None], K, funnel=funnel)
     found = [np.full((len(queries), K), -1, dtype=np.int64) for _ in cases]
     seconds = np.zeros((len(cases), len(queries)))
     for i, query in enumerate(queries):
-        for c, (funnel, place) in enumerate(cases):
-            index.rerank = place
+        for c, funnel in enumerate(cases):
             started = time.perf_counter()
             ids = index.search(query[None], K, funnel=funnel).ids[0]
             seconds[c, i] = time.perf_counter() - started
@@ -96,7 +93,7 @@ def build(target: str, corpus: np.ndarray, index_type: str, collection: str) -> 
     return index, time.perf_counter() - started
 
 
-def measure(label: str, target: str, corpus, queries, index_types, places, shortlists) -> tuple[list, list]:
+def measure(label: str, target: str, corpus, queries, index_types, shortlists) -> tuple[list, list]:
     """Rows of the table for one deployment: its full-dim search, then every funnel case."""
     _, truth = exact_search(queries, corpus, K)
     exact = {keep: exact_funnel(corpus, queries, keep) for keep in shortlists}
@@ -104,16 +101,9 @@ def measure(label: str, target: str, corpus, queries, index_types, places, short
     for index_type in index_types:
         index, seconds = build(target, corpus, index_type, f"bench_{index_type.lower()}_{time.time_ns()}")
         notes.append(f"- {label}: insert + flush + {index_type} index of {len(corpus)} rows: {seconds:.1f} s")
-        cases = [(f"{PREFIX}:{keep}", place) for keep in shortlists for place in places]
-        if index_type == index_types[0]:
-            cases.insert(0, ("384", "client"))
-        option = {
-            "HNSW": f"ef={DEFAULT_EF} (raised to the shortlist)",
-            "IVF_FLAT": f"nprobe={DEFAULT_NPROBE}",
-        }
-        for (funnel, place), (found, qps, median) in zip(
-            cases, interleaved(index, queries, cases), strict=True
-        ):
+        cases = ["384"] * (index_type == index_types[0]) + [f"{PREFIX}:{keep}" for keep in shortlists]
+        option = {"HNSW": f" ef={DEFAULT_EF} (raised to the shortlist)"}
+        for funnel, (found, qps, median) in zip(cases, interleaved(index, queries, cases), strict=True):
             recall = f"{recall_at_k(found, truth, K):.4f}"
             if funnel == "384":
                 name = f"{label} full-dim search (`C_full`, FLAT, exact)"
@@ -121,9 +111,8 @@ def measure(label: str, target: str, corpus, queries, index_types, places, short
             else:
                 keep = int(funnel.split(":")[1])
                 same = float(np.mean([set(a) == set(b) for a, b in zip(found, exact[keep], strict=True)]))
-                name = f"{label} funnel {funnel}, v{PREFIX} {index_type} {option.get(index_type, '')}"
-                rows.append([f"{name.rstrip()}, rerank {place}", f"{qps:.1f}", f"{median:.1f}", recall,
-                             f"{same:.3f}"])  # fmt: skip
+                name = f"{label} funnel {funnel}, v{PREFIX} {index_type}{option.get(index_type, '')}"
+                rows.append([name, f"{qps:.1f}", f"{median:.1f}", recall, f"{same:.3f}"])
             print(rows[-1], flush=True)
         index.close()
     return rows, notes
@@ -145,8 +134,7 @@ def main() -> None:
     try:
         target = args.uri or server.uri
         label = "server" if args.uri else "Milvus 2.3.5 standalone"
-        rows, lines = measure(label, target, corpus, queries, ("FLAT", "HNSW", "IVF_FLAT"),
-                              ("client", "server"), SHORTLISTS)  # fmt: skip
+        rows, lines = measure(label, target, corpus, queries, ("FLAT", "HNSW"), SHORTLISTS)
         table += rows
         notes += lines
     finally:
@@ -157,7 +145,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows, lines = measure(f"Milvus Lite (test stand-in, {len(lite_corpus)} rows)",
                                   str(Path(tmp) / "lite.db"), lite_corpus, queries[:50], ("FLAT",),
-                                  ("client", "server"), (200,))  # fmt: skip
+                                  (200,))  # fmt: skip
         table += rows
         notes += lines
     if len(corpus) < args.rows:
@@ -166,14 +154,6 @@ def main() -> None:
             "set were in the embedding cache (`--encode` encodes the rest; about 6 minutes per slice on "
             "this shared 2-core machine, so 100k did not fit the run)."
         )
-    pairs = [(row, after) for row, after in itertools.pairwise(table)
-             if row[0].endswith("rerank client") and after[0].endswith("rerank server")]  # fmt: skip
-    faster = sum(float(server[1]) > float(client[1]) for client, server in pairs)
-    notes.append(
-        f"- `rerank server` beat `rerank client` in {faster} of {len(pairs)} pairs (same first stage and "
-        "shortlist): the client path fetches shortlist x 384 floats through pymilvus. "
-        f"`DEFAULT_RERANK` is `{DEFAULT_RERANK}`."
-    )
     headers = ["search", "QPS (1 query at a time)", "p50 ms", "recall@10 vs exact full dim", "= exact funnel"]
     text = (
         f"### Milvus: funnel vs the server's full-dim search ({len(corpus)} real MiniLM vectors, "

@@ -186,8 +186,8 @@ def run_set(
             recall = recall_at_k(found, exact, K)
             print(name, "funnel", text, f"recall {recall:.4f}", flush=True)
             chosen.append((recall, text))
-        itemsize = np.dtype(index.store.manifest["dtype"]).itemsize
-        cost = {text: funnel_cost(parse_funnel(text, dim, K), rows, itemsize) for text in funnels}
+        dtype = index.store.manifest["dtype"]
+        cost = {text: funnel_cost(parse_funnel(text, dim, K), rows, dtype) for text in funnels}
         good = sorted((text for recall, text in chosen if recall >= 0.99), key=cost.get)
         good_float = [text for text in good if not text.startswith("binary")]
         best_recall = max(chosen)[1]

@@ -62,3 +62,21 @@ def test_bad_calls_get_clear_errors(target, full_vectors):
     with pytest.raises(MatryoshkaError, match="not an option of"):
         open_index(target, nonsense=1)
     index.close()
+
+
+def test_bad_rows_are_refused_before_anything_is_written(target, full_vectors):
+    index = create_index(target, full_dim=384)
+    index.add(full_vectors[:10], ids=[f"s{i}" for i in range(10)])
+    bad = full_vectors[10:12].copy()
+    with pytest.raises(DimensionError, match=r"vectors have shape \(2, 128\), the index holds 384-dim rows"):
+        index.add(bad[:, :128])
+    bad[1, 5] = np.nan
+    with pytest.raises(MatryoshkaError, match="vectors contain NaN or infinite values"):
+        index.add(bad)
+    with pytest.raises(MatryoshkaError, match="1 texts for 2 vectors"):
+        index.add(full_vectors[10:12], texts=["one"])
+    with pytest.raises(MatryoshkaError, match="ids in one batch must be distinct"):
+        index.add(full_vectors[10:12], ids=["x", "x"])
+    assert index.info()["live"] == 10
+    assert index.search(full_vectors[3], 1, funnel="384").ids == [["s3"]]
+    index.close()

@@ -13,7 +13,7 @@ import pytest
 
 from matryoshka import DimensionError, MatryoshkaError
 from matryoshka.eval.metrics import recall_at_k
-from matryoshka.index import MatryoshkaIndex
+from matryoshka.index import MatryoshkaIndex, create_index, open_index
 from matryoshka.index.milvus import MilvusIndex, MilvusUnavailable
 
 pytest.importorskip("pymilvus", reason="pymilvus is not installed (pip install pymilvus milvus-lite)")
@@ -78,11 +78,9 @@ def pair(request, tmp_path_factory, corpus):
     remote.close()
 
 
-@pytest.mark.parametrize("rerank", ["client", "server"])
-def test_funnel_matches_local_index(pair, corpus, rerank):
+def test_funnel_matches_local_index(pair, corpus):
     local, remote, _, _ = pair
     queries = corpus[2]
-    remote.rerank = rerank
     mine = remote.search(queries, K, funnel="64:100")
     theirs = local.search(queries, K, funnel="64:100")
     assert mine.funnel == theirs.funnel == "64:100,384:10"
@@ -138,7 +136,8 @@ def test_model_is_recorded_and_other_models_refused(
     kind, request, tmp_path, encoder, sentences, full_vectors
 ):
     target, collection = places_for(kind, request, tmp_path)()
-    index = MilvusIndex.create(target, model=encoder, collection=collection, index_type="HNSW")
+    index = create_index(target, model=encoder, collection=collection, index_type="HNSW", ef=128)
+    assert index.ef == 128
     index.add(full_vectors[:30], texts=sentences[:30])
     result = index.search(sentences[7], 3)
     assert result.texts[0][0] == sentences[7] and result.scores[0][0] == pytest.approx(1, abs=1e-3)
@@ -146,7 +145,8 @@ def test_model_is_recorded_and_other_models_refused(
     assert index.info()["index_type"] == "HNSW"
     index.close()
     # a collection recorded for another model: opening it with this model is refused
-    other = MilvusIndex.open(target, collection=collection)
+    other = open_index(target, collection=collection, ef=32)
+    assert (other.ef, other.index_type, other.info()["ef"]) == (32, "HNSW", 32)
     other.properties["fingerprint"] = "0123456789abcdef"
     with pytest.raises(MatryoshkaError, match=f"cannot use collection '{collection}' of vectors from"):
         other.use_encoder(encoder)

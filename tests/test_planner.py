@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from matryoshka.cli import app
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, exact_search
-from matryoshka.index.capacity import best_option, bytes_per_vector, capacity_options
+from matryoshka.index.capacity import best_option, capacity_options
 from matryoshka.index.planner import (
     CALIBRATION_QUERIES,
     Calibration,
@@ -17,6 +17,7 @@ from matryoshka.index.planner import (
     pareto_frontier,
 )
 from matryoshka.index.stages import stages_text
+from matryoshka.quantize import bytes_per_vector
 
 K = 10
 ROWS = 3000

@@ -3,7 +3,17 @@ import pytest
 from scipy.stats import spearmanr
 
 from matryoshka import DimensionError, truncate
-from matryoshka.quantize import BinaryCodes, Int8Codes, calibrate_int8, score, to_binary, to_int8
+from matryoshka.errors import MatryoshkaError
+from matryoshka.quantize import (
+    PRECISIONS,
+    BinaryCodes,
+    Int8Codes,
+    bytes_per_vector,
+    calibrate_int8,
+    score,
+    to_binary,
+    to_int8,
+)
 
 
 def test_int8_codes_reconstruct_hand_example():
@@ -60,3 +70,10 @@ def test_dimension_mismatches_are_refused():
         score(np.ones((1, 3)), BinaryCodes(np.zeros((2, 1), np.uint8), 4))
     with pytest.raises(DimensionError, match="ranges are for 2 dims"):
         to_int8(np.ones((2, 3)), (np.zeros(2), np.ones(2)))
+
+
+def test_bytes_per_vector_in_every_precision():
+    sizes = {p: (bytes_per_vector(384, p), bytes_per_vector(12, p)) for p in PRECISIONS}
+    assert sizes == {"float32": (1536, 48), "float16": (768, 24), "int8": (384, 12), "binary": (48, 2)}
+    with pytest.raises(MatryoshkaError, match="unknown precision 'float'"):
+        bytes_per_vector(64, "float")

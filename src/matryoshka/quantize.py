@@ -15,6 +15,14 @@ import numpy as np
 from matryoshka.errors import DimensionError, MatryoshkaError
 
 PRECISIONS = ("float32", "float16", "int8", "binary")
+VALUE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+
+
+def bytes_per_vector(dim: int, precision: str) -> int:
+    """Bytes one vector's ``dim``-prefix takes in ``precision`` (binary packs 8 sign bits a byte)."""
+    if precision not in PRECISIONS:
+        raise MatryoshkaError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return -(-dim // 8) if precision == "binary" else dim * VALUE_BYTES[precision]
 
 
 @dataclass

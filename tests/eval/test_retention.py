@@ -9,13 +9,13 @@ from matryoshka.eval.plots import PLOT_FILES
 from matryoshka.eval.report import to_markdown, write_report
 from matryoshka.eval.retention import (
     BASELINES,
-    bytes_per_vector,
     coarse_to_fine_violations,
     evaluate,
     fit_pca,
     register_baseline,
 )
 from matryoshka.eval.tasks import BeirTask
+from matryoshka.quantize import bytes_per_vector
 
 DIMS = [384, 64, 8]
 
@@ -39,16 +39,11 @@ def test_report_rows(beir_report):
     for row in model["rows"]:
         assert row["retention"] == pytest.approx(100 * row["score"] / model["reference_score"])
         assert row["score"] == row["metrics"]["ndcg@10"]
-        assert row["bytes"] == bytes_per_vector(row["dim"])
+        assert row["bytes"] == {p: bytes_per_vector(row["dim"], p) for p in ("float32", "int8", "binary")}
         assert row["search_ms_per_query"] > 0
     # the truncate baseline of the base model is its own row, so it is noted, not repeated
     assert any("is the all-MiniLM-L6-v2 row itself" in note for note in beir_report["notes"])
     assert pca["reference_score"] == model["reference_score"]
-
-
-def test_bytes_per_vector():
-    assert bytes_per_vector(384) == {"float32": 1536, "int8": 384, "binary": 48}
-    assert bytes_per_vector(12) == {"float32": 48, "int8": 12, "binary": 2}
 
 
 def test_coarse_to_fine_flags_a_dim_below_a_smaller_one():

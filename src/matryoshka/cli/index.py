@@ -118,7 +118,7 @@ def build(
     collection: str = COLLECTION,
     token: str | None = TOKEN,
     prefix_dim: int = typer.Option(64, "--prefix-dim", help="Milvus: dim of the first-pass field."),
-    index_type: str = typer.Option("FLAT", "--index-type", help="Milvus: FLAT, HNSW or IVF_FLAT."),
+    index_type: str = typer.Option("FLAT", "--index-type", help="Milvus: FLAT or HNSW."),
 ) -> None:
     """Build an index from texts (encoded with --model, here or on Ray with --engine ray) or from
     precomputed --vectors; re-run on the same corpus, it resumes where a killed build stopped."""

@@ -18,6 +18,7 @@ import numpy as np
 from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.index.search import exact_search
+from matryoshka.quantize import bytes_per_vector
 
 if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
@@ -72,10 +73,6 @@ def register_baseline(name: str, fit: FitBaseline) -> None:
     BASELINES[name] = fit
 
 
-def bytes_per_vector(dim: int) -> dict[str, int]:
-    return {"float32": 4 * dim, "int8": dim, "binary": -(-dim // 8)}
-
-
 def search_ms_per_query(queries: np.ndarray, corpus: np.ndarray, dim: int) -> float:
     """Brute-force top-10 search time per query over the corpus at ``dim`` (best of a few runs)."""
     queries, corpus = truncate(queries, dim), truncate(corpus, dim)
@@ -102,7 +99,7 @@ def _series(
                 "score": metrics[task.metric],
                 "metrics": metrics,
                 "retention": 100 * metrics[task.metric] / reference if reference else float("nan"),
-                "bytes": bytes_per_vector(dim),
+                "bytes": {p: bytes_per_vector(dim, p) for p in ("float32", "int8", "binary")},
                 "gap": gap,
                 "gap_ratio": gap / full_gap if full_gap else float("nan"),
             }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -74,21 +74,18 @@ def backend_for(target: str | os.PathLike) -> type[Index]:
 
 def open_index(target: str | os.PathLike, **options) -> Index:
     """Open the index at ``target`` (a directory, a Milvus Lite ``.db`` file or a Milvus URI)."""
-    backend = backend_for(target)
-    return backend.open(target, **_checked(backend.open, options, target))
+    return _checked(backend_for(target).open, target, options)(target, **options)
 
 
 def create_index(target: str | os.PathLike, model=None, full_dim: int | None = None, **options) -> Index:
     """A new index at ``target`` for ``model``'s vectors (or bare ``full_dim`` vectors); ``options``
     are the backend's (local: chunks, dtype, rotation...; Milvus: prefix_dim, index_type...)."""
-    backend = backend_for(target)
-    return backend.create(target, model, full_dim, **_checked(backend.create, options, target))
+    return _checked(backend_for(target).create, target, options)(target, model, full_dim, **options)
 
 
-def _checked(method, options: dict, target: str | os.PathLike) -> dict:
-    """``options``, or a clear error naming those the target's backend does not take."""
-    known = set(inspect.signature(method).parameters)
-    if unknown := sorted(set(options) - known):
+def _checked(method: Callable[..., Index], target: str | os.PathLike, options: dict) -> Callable[..., Index]:
+    """``method``, or a clear error naming the ``options`` the target's backend does not take."""
+    if unknown := sorted(set(options) - set(inspect.signature(method).parameters)):
         kind = "Milvus" if is_milvus(target) else "a local index directory"
         raise MatryoshkaError(f"{', '.join(unknown)}: not an option of {kind} ({target})")
-    return options
+    return method

@@ -17,7 +17,7 @@ from matryoshka.dims import truncate
 from matryoshka.errors import MatryoshkaError
 from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index.search import exact_search, top_k
-from matryoshka.quantize import PRECISIONS, score, to_binary, to_int8
+from matryoshka.quantize import PRECISIONS, bytes_per_vector, score, to_binary, to_int8
 
 QUERY_ROWS = 200
 DEFAULT_DIMS = (32, 64, 128, 256)
@@ -32,10 +32,6 @@ class CapacityOption:
     tier_recall: float  # the RAM tier's own top-k
     recall: float  # after re-ranking its shortlist at full dim
     fits: bool
-
-
-def bytes_per_vector(dim: int, precision: str) -> float:
-    return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim, "binary": -(-dim // 8)}[precision]
 
 
 def capacity_options(

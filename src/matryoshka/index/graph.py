@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from matryoshka.errors import MatryoshkaError
+from matryoshka.index.store import atomic_write
 
 if TYPE_CHECKING:
     from matryoshka.index.stages import Stage
@@ -35,10 +36,7 @@ def build_graph(prefix: np.ndarray, neighbours: int = 32, ef_construction: int =
 
 
 def save_graph(graph, path: Path) -> None:
-    faiss = _faiss()
-    temporary = path.with_suffix(".tmp")
-    faiss.write_index(graph, str(temporary))
-    temporary.replace(path)
+    atomic_write(path, _faiss().serialize_index(graph).tobytes())
 
 
 def load_graph(path: Path, prefix: np.ndarray):

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matryoshka.errors import DimensionError, MatryoshkaError
+from matryoshka.errors import MatryoshkaError
 from matryoshka.index import planner, writer
 from matryoshka.index.planner import Candidate, Plan
 from matryoshka.index.rotation import check_rotation, load_rotation, save_rotation
 from matryoshka.index.search import funnel_search, load_prefix
+from matryoshka.index.source import checked_encoder, model_source, recorded_encoder
 from matryoshka.index.stages import (
     SearchResult,
     Stage,
@@ -69,17 +70,8 @@ class MatryoshkaIndex:
 
         ``rotation``: an orthogonal matrix applied to every vector and query (``rotation.fit_rotation``
         makes one from sample vectors), so vectors that do not nest get prefixes that do."""
-        source: dict = {"kind": "vectors" if vectors_from else "model", "path": vectors_from}
-        if model is not None:
-            encoder = model if hasattr(model, "fingerprint") else _encoder(model)
-            source.update(model=encoder.info.reference, fingerprint=encoder.fingerprint)
-            if full_dim is not None and full_dim != encoder.full_dim:
-                raise DimensionError(
-                    f"model {encoder.info.name} makes {encoder.full_dim}-dim vectors, not {full_dim}"
-                )
-            full_dim = encoder.full_dim
-        elif full_dim is None:
-            raise MatryoshkaError("an index needs a model or the full dim of its vectors")
+        _, full_dim, recorded = model_source(model, full_dim)
+        source = {"kind": "vectors" if vectors_from else "model", "path": vectors_from, **recorded}
         matrix = None if rotation is None else check_rotation(rotation, full_dim)
         index = cls(Store.create(target, full_dim, tuple(chunks), dtype, int8_dim, binary_dim, source))
         if matrix is not None:
@@ -100,7 +92,7 @@ class MatryoshkaIndex:
 
     @property
     def live_rows(self) -> int:
-        return self.store.rows - len(self.store.deleted_rows())
+        return self.store.live_rows
 
     # ---- writing --------------------------------------------------------------------------------
     def add(
@@ -144,14 +136,21 @@ class MatryoshkaIndex:
         self.resident.clear()
         self._graphs.clear()
 
+    def _hold_only(self, dims: set[int]) -> None:
+        """After measuring funnels: keep only the prefixes the chosen one reads, free sign-bit copies."""
+        for dim in set(self.resident) - dims:
+            del self.resident[dim]
+        self.store.release_copies()
+
+    def _refresh(self) -> None:
+        if self.store.refresh():  # another process committed: prefixes and graphs of the old rows go
+            self._forget_memory()
+
     def calibrate(self) -> str:
         """Calibrate the default funnel on the index's own rows (``planner.default_funnel``) and save it
         with the row count it saw; returns it."""
         stages = planner.default_funnel(self.store, self.resident, DEFAULT_K)
-        keep = {stages[0].dim} if stages[0].precision == "float" else set()  # what the default holds
-        for dim in set(self.resident) - keep:
-            del self.resident[dim]
-        self.store.release_copies()  # sign-bit prefixes measured while calibrating
+        self._hold_only({stages[0].dim} if stages[0].precision == "float" else set())
         funnel = stages_text(stages, self.store.full_dim)
         self.store.update_manifest(funnel=funnel, funnel_rows=self.live_rows)
         return funnel
@@ -173,9 +172,7 @@ class MatryoshkaIndex:
         made = planner.make_plan(
             self.store, self.resident, k, memory_gb, latency_ms, recall, log, sample=sample
         )
-        for dim in set(self.resident) - set(made.chosen.resident):
-            del self.resident[dim]
-        self.store.release_copies()  # sign-bit prefixes measured while planning
+        self._hold_only(set(made.chosen.resident))
         if save:
             self.store.update_manifest(plan=made.to_json())
         return made
@@ -194,42 +191,25 @@ class MatryoshkaIndex:
     def encoder(self) -> Encoder:
         """The model that made this index's vectors (checked by fingerprint), for text queries."""
         if self._encoder is None:
-            name = self.store.manifest["source"].get("model")
-            if not name:
-                raise MatryoshkaError(
-                    "this index holds vectors from no recorded model: search it with vectors"
-                )
-            self.use_encoder(_encoder(name))
+            self.use_encoder(recorded_encoder(self.store.manifest["source"], "index"))
         assert self._encoder is not None
         return self._encoder
 
     def use_encoder(self, encoder: Encoder) -> None:
         """Encode text queries with ``encoder``; refused unless it is the model that made the index."""
         source = self.store.manifest["source"]
-        if source.get("fingerprint") and encoder.fingerprint != source["fingerprint"]:
-            raise MatryoshkaError(
-                f"queries from model {encoder.info.name} ({encoder.fingerprint}) cannot search an index "
-                f"of vectors from {source.get('model')} ({source['fingerprint']})"
-            )
-        if encoder.full_dim != self.store.full_dim:
-            raise DimensionError(
-                f"model makes {encoder.full_dim}-dim vectors, the index holds {self.store.full_dim}"
-            )
-        self._encoder = encoder
+        self._encoder = checked_encoder(encoder, source, self.store.full_dim, "search an index")
 
     def default_funnel(self) -> str | Candidate:
         """What a search with no funnel runs: the saved plan's choice while the index has not outgrown
-        it, else the calibrated default, else (too few rows to calibrate) ``planner.fixed_default``."""
+        it, else the calibrated default, else (too few rows to calibrate) a popcount scan of every sign
+        bit keeping ``30 * k``, then the full dim."""
         plan = self.saved_plan()
         if plan is not None and not plan.is_stale(self.live_rows):
             return plan.chosen
-        if self.store.manifest.get("funnel"):
-            return self.store.manifest["funnel"]
         manifest = self.store.manifest
-        return stages_text(
-            planner.fixed_default(manifest["full_dim"], manifest["binary_dim"], DEFAULT_K),
-            manifest["full_dim"],
-        )
+        fixed = f"binary@{manifest['binary_dim']}:{30 * DEFAULT_K},{manifest['full_dim']}:{DEFAULT_K}"
+        return manifest.get("funnel") or fixed
 
     def stages_for(self, funnel: Funnel | None = None, k: int = DEFAULT_K) -> list[Stage]:
         """The stages a search for top-``k`` runs: a funnel as given (text or stages), a plan's
@@ -256,8 +236,7 @@ class MatryoshkaIndex:
         through ``funnel``: text like ``binary@384:300`` or ``32:1000,128:100`` (``64`` alone: exact at
         that prefix), a list of stages, or a plan's candidate; None runs :meth:`default_funnel`.
         ``hnsw``: the first stage's shortlist comes from the prefix graph (:meth:`build_hnsw`)."""
-        if self.store.refresh():  # another process committed: prefixes and graphs of the old rows go
-            self._forget_memory()
+        self._refresh()
         stages = self.stages_for(funnel, k)
         vectors = self._query_vectors(queries)
         held = self.prepare(funnel, hnsw)
@@ -335,8 +314,7 @@ class MatryoshkaIndex:
 
     def info(self) -> dict:
         """Manifest facts, the default funnel, and live and deleted row counts."""
-        if self.store.refresh():  # another process committed since this index last looked
-            self._forget_memory()
+        self._refresh()
         manifest = self.store.manifest
         keys = ("source", "full_dim", "chunks", "dtype", "int8_dim", "binary_dim", "rows", "format_version")
         default = self.default_funnel()
@@ -347,9 +325,3 @@ class MatryoshkaIndex:
             "live": self.live_rows,
             "deleted": len(self.store.deleted_rows()),
         }
-
-
-def _encoder(model: str | os.PathLike) -> Encoder:
-    from matryoshka.encoder import Encoder
-
-    return Encoder(model)

@@ -1,23 +1,22 @@
 """The index API on Milvus: Milvus Lite (a local ``.db`` file) or a Milvus server/cluster (``http://...``).
 
-Layout (one for every Milvus version; 2.3 refuses two vector fields in one collection): an index named
-``C`` is two collections joined by the primary key ``id``:
+Layout (one for every Milvus version; 2.3 refuses two vector fields in one collection): an index ``C``
+is two collections joined by the primary key ``id``:
 
-- ``C``: ``id`` and the ``truncate``d prefix vector ``v{prefix_dim}`` under the ANN index chosen at
-  create (FLAT, HNSW, IVF_FLAT). It is the first stage of a funnel and the one small enough to keep in
-  memory; its properties record the model, fingerprint and dims, so another model is refused.
+- ``C``: ``id`` and the ``truncate``d prefix ``v{prefix_dim}`` under the ANN index chosen at create
+  (FLAT or HNSW): the first stage, small enough to keep in memory. Its properties record the
+  model, fingerprint and dims, so another model is refused.
 - ``C_full``: ``id``, ``text``, ``metadata`` (JSON) and the full unit vector ``full`` (FLAT index).
 
-A funnel search is a Milvus search on ``C`` keeping the shortlist, then a rerank at full dim:
-``rerank="client"`` fetches the shortlisted full vectors and scores them here; ``"server"`` searches
-``C_full`` restricted to the shortlist by an ``id in [...]`` filter. A row is written to ``C_full``
-(upsert) before ``C``, so a row a search can find always has its full vector and text.
+The rerank at full dim searches ``C_full`` with an ``id in [...]`` filter on the shortlist, on the
+server (faster than fetching the full vectors to score them here: docs/benchmarks.md, milvus). Rows go
+to ``C_full`` (upsert) before ``C``, so a row a search can find has its full vector and text.
 
 Writes mark the index dirty; the next ``search``/``info``/``close`` flushes once (Milvus Lite keeps
-unflushed rows in a slow buffer; servers index only flushed segments and rate-limit flushes), and the
+unflushed rows in a slow buffer; servers index only flushed segments and rate-limit flushes). The
 first read after a write runs at Strong consistency, later ones at Bounded (Strong waits for the
-server's next time tick on every request). Milvus rows have no row numbers: ``SearchResult.rows``
-holds each hit's rank (``-1`` pads) and ``ids`` are the primary keys.
+server's next time tick on every request). ``SearchResult.rows`` holds each hit's rank (``-1`` pads):
+Milvus rows have no row numbers; ``ids`` are the primary keys.
 """
 
 from __future__ import annotations
@@ -27,21 +26,21 @@ import logging
 import os
 import re
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from matryoshka.dims import truncate, validate_dim
-from matryoshka.errors import DimensionError, MatryoshkaError
-from matryoshka.index.search import top_k
+from matryoshka.errors import MatryoshkaError
+from matryoshka.index.source import checked_encoder, encoder_for, model_source, recorded_encoder
 from matryoshka.index.stages import (
     SearchResult,
     Stage,
     StageStats,
     checked_funnel,
+    checked_rows,
     parse_funnel,
     query_vectors,
     stages_text,
@@ -55,19 +54,15 @@ FULL_SUFFIX = "_full"
 LAYOUT = "prefix+full"  # recorded in the properties; the single-collection layout before it is refused
 DEFAULT_PREFIX_DIM = 64
 DEFAULT_SHORTLIST_FACTOR = 20  # first pass keeps k * 20 rows unless the funnel says otherwise
-INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT")
-INDEX_BUILD_PARAMS = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 128}}
+INDEX_TYPES = ("FLAT", "HNSW")  # HNSW beat IVF_FLAT in QPS and recall at both shortlists measured
+INDEX_BUILD_PARAMS = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}}
 DEFAULT_EF = 64  # HNSW search breadth; raised to the shortlist when that is larger (Milvus needs ef >= limit)
-DEFAULT_NPROBE = 16  # IVF lists probed per search (of nlist = 128)
-RERANK_PLACES = ("client", "server")
-DEFAULT_RERANK = "server"  # measured faster on a server by bench/milvus.py (docs/benchmarks.md, milvus)
 DEFAULT_TIMEOUT = 10.0  # seconds per Milvus call
 MAX_LIMIT = 16384  # Milvus's largest top-k per search
 INSERT_BATCH = 1000
-RETRIES = 4
+BUSY = ("rate limit", "too many requests")  # a server's answers when it throttles
 TEXT_LIMIT = 65535
 PROPERTY = "matryoshka."
-T = TypeVar("T")
 
 
 class MilvusUnavailable(MatryoshkaError):
@@ -81,50 +76,30 @@ def _message(exc: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
-def _unauthenticated(exc: BaseException) -> str | None:
+def _mentions(exc: BaseException, *words: str) -> bool:
+    return any(word in str(exc).lower() for word in words)
+
+
+def _unauthenticated(exc: BaseException | None) -> str | None:
     """The server's reason when ``exc`` comes from a refused token (gRPC UNAUTHENTICATED), else None."""
     import grpc
 
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and all(seen is not other for other in chain):  # chains may loop
-        chain.append(seen)
-        if isinstance(seen, grpc.RpcError) and seen.code() == grpc.StatusCode.UNAUTHENTICATED:
-            return seen.details()
-        seen = seen.__cause__ or seen.__context__
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # chains may loop
+        seen.add(id(exc))
+        if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return exc.details()
+        exc = exc.__cause__ or exc.__context__
     return None
 
 
 def _transient(exc: BaseException) -> bool:
-    """Errors worth retrying: the server was briefly unavailable or busy, not a bad request."""
+    """The server was unavailable or busy (after pymilvus's own retries), not a bad request."""
     from pymilvus.exceptions import MilvusException, MilvusUnavailableException
 
     if isinstance(exc, MilvusUnavailableException | ConnectionError | TimeoutError):
         return True
-    text = str(exc).lower()
-    return isinstance(exc, MilvusException) and any(
-        word in text for word in ("unavailable", "deadline", "rate limit", "too many requests", "connect")
-    )
-
-
-def _rate_limited(exc: BaseException) -> bool:
-    return "rate limit" in str(exc).lower() or "too many requests" in str(exc).lower()
-
-
-def with_retries(call: Callable[[], T], what: str, attempts: int = RETRIES, delay: float = 0.5) -> T:
-    """``call()`` retried with doubling back-off on transient errors; other errors pass through."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as exc:
-            if not _transient(exc) or attempt == attempts - 1:
-                if _transient(exc):
-                    raise MilvusUnavailable(
-                        f"Milvus {what} failed after {attempts} tries: {_message(exc)}"
-                    ) from None
-                raise
-            time.sleep(delay * 2**attempt)
-    raise AssertionError("unreachable")
+    return isinstance(exc, MilvusException) and _mentions(exc, "unavailable", "deadline", "connect", *BUSY)
 
 
 @contextmanager
@@ -135,15 +110,13 @@ def milvus_errors(what: str, uri: str) -> Iterator[None]:
 
     try:
         yield
-    except MatryoshkaError:
-        raise
     except (MilvusException, grpc.RpcError, ConnectionError, TimeoutError) as exc:
         kind = MilvusUnavailable if _transient(exc) or isinstance(exc, grpc.RpcError) else MatryoshkaError
         raise kind(f"Milvus {what} at {uri} failed: {_message(exc)}") from None
 
 
 def is_server(target: str) -> bool:
-    return str(target).startswith(("http://", "https://", "tcp://", "unix:"))
+    return str(target).startswith(("http://", "https://", "tcp://", "unix:"))  # backends.MILVUS_SCHEMES
 
 
 def connect(uri: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
@@ -154,24 +127,18 @@ def connect(uri: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT
 
     for name in ("pymilvus", "pymilvus.milvus_client"):  # its retries log to stderr; the error says it once
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    uri = str(uri)
-    if not is_server(uri):
-        uri = os.path.abspath(uri)
-        if not uri.endswith(".db"):
-            raise MatryoshkaError(
-                f"a Milvus Lite file must end in .db, got {uri} (or give http://host:19530)"
-            )
+    uri = str(uri) if is_server(uri) else os.path.abspath(uri)
+    if not uri.endswith(".db") and not is_server(uri):
+        raise MatryoshkaError(f"a Milvus Lite file must end in .db, got {uri} (or give http://host:19530)")
     try:
         client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
         client.list_collections()  # a server with authorization checks the token here
         return client
     except MilvusException as exc:
-        refusal = _unauthenticated(exc)
-        if refusal:
+        if refusal := _unauthenticated(exc):
             raise MatryoshkaError(f"Milvus at {uri} refused the token: {refusal}") from None
-        text = _message(exc)
         hint = " (Milvus Lite lets one process at a time open a file)" if uri.endswith(".db") else ""
-        raise MilvusUnavailable(f"cannot reach Milvus at {uri}: {text}{hint}") from None
+        raise MilvusUnavailable(f"cannot reach Milvus at {uri}: {_message(exc)}{hint}") from None
 
 
 def release(uri: str) -> None:
@@ -183,10 +150,8 @@ def release(uri: str) -> None:
 
 
 class MilvusIndex:
-    """The :class:`~matryoshka.index.backends.Index` protocol on a pair of Milvus collections.
-
-    ``rerank`` (``client``/``server``), ``ef`` (HNSW) and ``nprobe`` (IVF) are attributes, set at
-    create/open or later, rather than per search."""
+    """The :class:`~matryoshka.index.backends.Index` protocol on a pair of Milvus collections; ``ef``
+    (HNSW search breadth) is an attribute, set at create/open or later, rather than per search."""
 
     backend = "milvus"
 
@@ -196,9 +161,7 @@ class MilvusIndex:
         collection: str,
         properties: dict[str, str],
         uri: str = "",
-        rerank: str | None = None,
         ef: int | None = None,
-        nprobe: int | None = None,
     ) -> None:
         self.client = client
         self.uri = uri
@@ -208,17 +171,10 @@ class MilvusIndex:
         self.prefix_dim = int(properties["prefix_dim"])
         self.index_type = properties.get("index_type", "FLAT")
         self.properties = properties
-        self.rerank = rerank or DEFAULT_RERANK
-        if self.rerank not in RERANK_PLACES:
-            raise MatryoshkaError(f"rerank must be one of {', '.join(RERANK_PLACES)}, got {self.rerank!r}")
         self.ef = DEFAULT_EF if ef is None else int(ef)
-        self.nprobe = DEFAULT_NPROBE if nprobe is None else int(nprobe)
         self._encoder: Encoder | None = None
         self._dirty = False  # rows written since the last flush
         self._unseen = False  # rows written since the last Strong read
-
-    def _retry(self, call: Callable[[], T], what: str) -> T:
-        return with_retries(call, f"{what} at {self.uri}")
 
     @property
     def prefix_field(self) -> str:
@@ -236,22 +192,10 @@ class MilvusIndex:
         collection: str = DEFAULT_COLLECTION,
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        **options,
+        ef: int | None = None,
     ) -> MilvusIndex:
-        """A new index (or the existing one, if it was made for the same model and dims). ``options``:
-        ``rerank``, ``ef``, ``nprobe``."""
-        properties: dict[str, str] = {}
-        encoder = None
-        if model is not None:
-            encoder = model if hasattr(model, "fingerprint") else _encoder(model)
-            if full_dim is not None and full_dim != encoder.full_dim:
-                raise DimensionError(
-                    f"model {encoder.info.name} makes {encoder.full_dim}-dim vectors, not {full_dim}"
-                )
-            full_dim = encoder.full_dim
-            properties.update(model=encoder.info.reference, fingerprint=encoder.fingerprint)
-        elif full_dim is None:
-            raise MatryoshkaError("an index needs a model or the full dim of its vectors")
+        """A new index (or the existing one, if it was made for the same model and dims)."""
+        encoder, full_dim, properties = model_source(model, full_dim)
         prefix_dim = validate_dim(prefix_dim, full_dim)
         if prefix_dim == full_dim:
             raise MatryoshkaError(f"the prefix dim must be below the full dim {full_dim}")
@@ -264,18 +208,20 @@ class MilvusIndex:
         target = str(target)
         client = connect(target, token, timeout)
         with milvus_errors("create", target):
-            if client.has_collection(collection):
-                index = cls._from_collection(client, collection, target, **options)
-                wanted = {key: value for key, value in properties.items() if key != "index_type"}
-                clash = {key: v for key, v in wanted.items() if index.properties.get(key) != v}
-                if clash:
-                    raise MatryoshkaError(
-                        f"collection {collection!r} at {target} holds {index._describe()}; it cannot take "
-                        f"{', '.join(f'{key}={value}' for key, value in clash.items())}"
-                    )
+            if not client.has_collection(collection):
+                _create(client, collection, properties)
+                index = cls(client, collection, properties, target, ef)
             else:
-                properties["index_type"] = _create(client, collection, properties)
-                index = cls(client, collection, properties, target, **options)
+                index = cls._from_collection(client, collection, target, ef)
+                del properties["index_type"]  # an existing collection keeps its own index
+                held = index.properties
+                if clash := ", ".join(f"{key}={v}" for key, v in properties.items() if held.get(key) != v):
+                    made = ", ".join(
+                        f"{key}={held[key]}" for key in ("model", "full_dim", "prefix_dim") if key in held
+                    )
+                    raise MatryoshkaError(
+                        f"collection {collection!r} at {target} holds {made}; it cannot take {clash}"
+                    )
         if encoder is not None:
             index.use_encoder(encoder)
         return index
@@ -288,10 +234,9 @@ class MilvusIndex:
         token: str | None = None,
         model: str | os.PathLike | Encoder | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        **options,
+        ef: int | None = None,
     ) -> MilvusIndex:
-        """An existing index; with ``model``, refused unless that model made its vectors. ``options``:
-        ``rerank``, ``ef``, ``nprobe``."""
+        """An existing index; with ``model``, refused unless that model made its vectors."""
         target = str(target)
         if not is_server(target) and not os.path.exists(target):
             raise MatryoshkaError(f"no Milvus Lite file at {target}")
@@ -299,15 +244,16 @@ class MilvusIndex:
         with milvus_errors("open", target):
             if not client.has_collection(collection):
                 raise MatryoshkaError(f"no collection {collection!r} at {target}")
-            index = cls._from_collection(client, collection, target, **options)
+            index = cls._from_collection(client, collection, target, ef)
         if model is not None:
-            index.use_encoder(model if hasattr(model, "fingerprint") else _encoder(model))
+            index.use_encoder(encoder_for(model))
         return index
 
     @classmethod
-    def _from_collection(cls, client, collection: str, uri: str, **options) -> MilvusIndex:
+    def _from_collection(cls, client, collection: str, uri: str, ef: int | None) -> MilvusIndex:
         described = client.describe_collection(collection).get("properties", {})
         properties = {k.removeprefix(PROPERTY): v for k, v in described.items() if k.startswith(PROPERTY)}
+        full = collection + FULL_SUFFIX
         if "full_dim" not in properties:
             raise MatryoshkaError(f"collection {collection!r} was not made by matryoshka (no dims recorded)")
         if properties.get("layout") != LAYOUT:
@@ -315,17 +261,11 @@ class MilvusIndex:
                 f"collection {collection!r} has the single-collection layout of an older matryoshka "
                 "(two vector fields, refused by Milvus 2.3): rebuild it with `index build`"
             )
-        if not client.has_collection(collection + FULL_SUFFIX):
-            raise MatryoshkaError(
-                f"collection {collection!r} lacks its full-vector collection {collection + FULL_SUFFIX!r}"
-            )
-        for name in (collection, collection + FULL_SUFFIX):  # a reopened collection is released
-            with_retries(lambda name=name: client.load_collection(name), f"load at {uri}")
-        return cls(client, collection, properties, uri, **options)
-
-    def _describe(self) -> str:
-        keys = ("model", "full_dim", "prefix_dim")
-        return ", ".join(f"{key}={self.properties[key]}" for key in keys if key in self.properties)
+        if not client.has_collection(full):
+            raise MatryoshkaError(f"collection {collection!r} lacks its full-vector collection {full!r}")
+        for name in (collection, full):  # a reopened collection is released
+            client.load_collection(name)
+        return cls(client, collection, properties, uri, ef)
 
     def flush(self) -> None:
         """Seal the rows written since the last flush (once per burst of writes, not per batch). A
@@ -337,11 +277,10 @@ class MilvusIndex:
         try:
             for name in (self.full_collection, self.collection):
                 self.client.flush(name)
+            self._dirty = False
         except MilvusException as exc:
-            if not _rate_limited(exc):
+            if not _mentions(exc, *BUSY):
                 raise
-            return
-        self._dirty = False
 
     def wait_indexed(self, timeout: float = 600.0) -> None:
         """Flush, then wait until a server has built the first-stage index over every row (searches
@@ -392,40 +331,31 @@ class MilvusIndex:
             if texts is None:
                 raise MatryoshkaError("add needs vectors or texts")
             vectors = self.encoder.encode_full(list(texts))
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        if vectors.ndim != 2 or vectors.shape[1] != self.full_dim:
-            raise DimensionError(f"vectors have {vectors.shape[-1]} dims, the index holds {self.full_dim}")
+        vectors, ids = checked_rows(vectors, self.full_dim, ids, texts, metadata)
         count = len(vectors)
-        for name, values in (("ids", ids), ("texts", texts), ("metadata", metadata)):
-            if values is not None and len(values) != count:
-                raise MatryoshkaError(f"{len(values)} {name} for {count} vectors")
         with milvus_errors("add", self.uri):
             if ids is None:
                 start = self.live_rows()
                 ids = [str(start + i) for i in range(count)]
-            ids = [str(key) for key in ids]
-            if len(set(ids)) != count:
-                raise MatryoshkaError("ids must be distinct")
-            full = truncate(vectors)
-            prefix = truncate(vectors, self.prefix_dim)
-            stored = 0
+            full, prefix = truncate(vectors), truncate(vectors, self.prefix_dim)
             with tqdm(total=count, unit="row", disable=not progress) as bar:
                 for start in range(0, count, batch_size):
                     stop = min(start + batch_size, count)
                     try:
-                        self._refuse_existing(
-                            ids[start:stop]
-                        )  # before writing: a refused batch writes nothing
                         self._insert(ids, texts, metadata, full, prefix, start, stop)
                     except (MatryoshkaError, MilvusException) as exc:
-                        kind = MilvusUnavailable if isinstance(exc, MilvusUnavailable) else MatryoshkaError
-                        where = f"{stored} of {count} rows were stored, none from id {ids[start]} on"
+                        unavailable = isinstance(exc, MilvusUnavailable) or _transient(exc)
+                        kind = MilvusUnavailable if unavailable else MatryoshkaError
+                        where = f"{start} of {count} rows were stored, none from id {ids[start]} on"
                         raise kind(f"{_message(exc)}; {where}") from None
-                    stored = stop
                     bar.update(stop - start)
             return self.live_rows()
 
     def _insert(self, ids, texts, metadata, full, prefix, start: int, stop: int) -> None:
+        # Milvus does not enforce unique primary keys: refuse a repeated id before writing the batch.
+        if found := self._get(self.collection, ids[start:stop], ["id"]):
+            shown = " ".join(sorted(row["id"] for row in found)[:5])
+            raise MatryoshkaError(f"ids already in the collection: {shown}")
         self._dirty = self._unseen = True
         rows = [
             {
@@ -436,16 +366,11 @@ class MilvusIndex:
             }
             for i in range(start, stop)
         ]
-        self._retry(lambda: self.client.upsert(self.full_collection, rows), "insert")
-        first = [{"id": ids[i], self.prefix_field: prefix[i].tolist()} for i in range(start, stop)]
-        self._retry(lambda: self.client.insert(self.collection, first), "insert")
-
-    def _refuse_existing(self, ids: list[str]) -> None:
-        """Milvus does not enforce unique primary keys, so a repeated id would make a duplicate row."""
-        found = self._get(self.collection, ids, ["id"])
-        if found:
-            shown = " ".join(sorted(row["id"] for row in found)[:5])
-            raise MatryoshkaError(f"ids already in the collection: {shown}")
+        self.client.upsert(self.full_collection, rows)
+        self.client.insert(
+            self.collection,
+            [{"id": ids[i], self.prefix_field: prefix[i].tolist()} for i in range(start, stop)],
+        )
 
     def texts_of(self, ids: Sequence[str]) -> dict[str, str | None]:
         """The text of each of ``ids`` the collection holds."""
@@ -461,7 +386,7 @@ class MilvusIndex:
             if found:
                 self._dirty = self._unseen = True
                 for name in (self.collection, self.full_collection):  # the searchable side first
-                    self._retry(lambda name=name: self.client.delete(name, ids=sorted(found)), "delete")
+                    self.client.delete(name, ids=sorted(found))
         return [i for i in ids if i not in found]
 
     def live_rows(self) -> int:
@@ -481,47 +406,29 @@ class MilvusIndex:
     def _get(self, collection: str, ids: list[str], fields: list[str]) -> list[dict]:
         if not ids:
             return []
-        level = self._level()
-        return self._retry(
-            lambda: self.client.get(collection, ids=ids, output_fields=fields, consistency_level=level),
-            "fetch",
-        )
+        return self.client.get(collection, ids=ids, output_fields=fields, consistency_level=self._level())
 
     # ---- queries --------------------------------------------------------------------------------
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            if not self.properties.get("model"):
-                raise MatryoshkaError(
-                    "this collection holds vectors from no recorded model: search with vectors"
-                )
-            self.use_encoder(_encoder(self.properties["model"]))
+            self.use_encoder(recorded_encoder(self.properties, "collection"))
         assert self._encoder is not None
         return self._encoder
 
     def use_encoder(self, encoder: Encoder) -> None:
         """Encode text queries with ``encoder``; refused unless it is the model that made the vectors."""
-        fingerprint = self.properties.get("fingerprint")
-        if fingerprint and encoder.fingerprint != fingerprint:
-            raise MatryoshkaError(
-                f"model {encoder.info.name} ({encoder.fingerprint}) cannot use collection "
-                f"{self.collection!r} of vectors from {self.properties.get('model')} ({fingerprint})"
-            )
-        if encoder.full_dim != self.full_dim:
-            raise DimensionError(
-                f"model makes {encoder.full_dim}-dim vectors, the index holds {self.full_dim}"
-            )
-        self._encoder = encoder
+        refusal = f"use collection {self.collection!r}"
+        self._encoder = checked_encoder(encoder, self.properties, self.full_dim, refusal)
 
     def stages_for(self, funnel: str | list[Stage] | None = None, k: int = 10) -> list[Stage]:
         """The funnel's stages: ``prefix:k*20 -> full:k`` by default; the prefix or the full dim alone is
         one exact stage."""
-        if funnel is None:
-            stages = [Stage(self.prefix_dim, k * DEFAULT_SHORTLIST_FACTOR), Stage(self.full_dim, k)]
-        elif isinstance(funnel, str):
+        if isinstance(funnel, str):
             stages = parse_funnel(funnel, self.full_dim, k)
         else:
-            stages = checked_funnel(list(funnel), self.full_dim, k)
+            default = [Stage(self.prefix_dim, k * DEFAULT_SHORTLIST_FACTOR), Stage(self.full_dim, k)]
+            stages = checked_funnel(default if funnel is None else list(funnel), self.full_dim, k)
         dims = [s.dim for s in stages]
         allowed = ([self.full_dim], [self.prefix_dim], [self.prefix_dim, self.full_dim])
         if any(s.precision != "float" for s in stages) or dims not in allowed:
@@ -541,118 +448,72 @@ class MilvusIndex:
         funnel: str | list[Stage] | None = None,
         hnsw: bool = False,
     ) -> SearchResult:
-        """Top ``k`` per query: first stage on the prefix collection, rerank at full dim (``rerank``)."""
+        """Top ``k`` per query: first stage on the prefix collection, rerank at full dim on the server."""
         if hnsw:
             raise MatryoshkaError(
                 f"hnsw=True is a local-index option: this Milvus index's first stage is {self.index_type}, "
                 "chosen at create (index_type=HNSW)"
             )
-        if k < 1:
-            raise MatryoshkaError(f"k must be at least 1, got {k}")
-        if self.rerank not in RERANK_PLACES:
-            raise MatryoshkaError(f"rerank must be one of {', '.join(RERANK_PLACES)}, got {self.rerank!r}")
-        vectors = self._query_vectors(queries)
+        vectors = query_vectors(queries, self.full_dim, lambda: self.encoder)
         stages = self.stages_for(funnel, k)
+        first = stages[0]
         with milvus_errors("search", self.uri):
             self.flush()
             level = self._level()
-            first = stages[0]
             started = time.perf_counter()
-            if first.dim == self.full_dim:
-                hits = self._search(self.full_collection, "full", truncate(vectors), k, {}, level)
-            else:
-                params = self._first_params(first.keep)
-                hits = self._search(
-                    self.collection,
-                    self.prefix_field,
-                    truncate(vectors, first.dim),
-                    first.keep,
-                    params,
-                    level,
-                )
-            ids = [[hit["id"] for hit in query_hits] for query_hits in hits]
-            scores = [[hit["distance"] for hit in query_hits] for query_hits in hits]
-            kept = max(map(len, ids), default=0)
-            stats = [StageStats(str(first), kept, time.perf_counter() - started, 0)]
+            prefixes = truncate(vectors, first.dim)
+            ids, scores = self._search(prefixes, first.keep, level, full=first.dim == self.full_dim)
+            stats = [StageStats(str(first), max(map(len, ids), default=0), time.perf_counter() - started, 0)]
             if len(stages) == 2:
                 started = time.perf_counter()
-                place = self._rerank_client if self.rerank == "client" else self._rerank_server
-                ids, scores, fetched = place(truncate(vectors), ids, k, level)
-                stats.append(StageStats(str(stages[1]), k, time.perf_counter() - started, fetched))
-        return self._result(ids, scores, k, stats, stages)
+                ids, scores = self._rerank(truncate(vectors), ids, k, level)
+                stats.append(StageStats(str(stages[1]), k, time.perf_counter() - started, 0))
+        return self._result(ids, scores, stats, stages)
 
-    def _first_params(self, keep: int) -> dict:
-        if self.index_type == "HNSW":
-            return {"ef": max(self.ef, keep)}
-        if self.index_type == "IVF_FLAT":
-            return {"nprobe": self.nprobe}
-        return {}
-
-    def _search(self, collection: str, field: str, vectors: np.ndarray, limit: int, params: dict,
-                level: str, filter: str = ""):  # fmt: skip
-        return self._retry(
-            lambda: self.client.search(
-                collection,
-                data=vectors.tolist(),
-                anns_field=field,
-                limit=limit,
-                filter=filter,
-                output_fields=["id"],
-                search_params={"metric_type": "IP", "params": params},
-                consistency_level=level,
-            ),
-            "search",
+    def _search(self, vectors: np.ndarray, limit: int, level: str, *, full: bool, filter: str = ""):
+        """The ids and scores (inner products) of the top ``limit`` rows per query, from the full
+        collection or the prefix one (through its ANN index, with ``ef``)."""
+        if full:
+            collection, field, params = self.full_collection, "full", {}
+        else:
+            params = {"ef": max(self.ef, limit)} if self.index_type == "HNSW" else {}
+            collection, field = self.collection, self.prefix_field
+        hits = self.client.search(
+            collection,
+            data=vectors.tolist(),
+            anns_field=field,
+            limit=limit,
+            filter=filter,
+            output_fields=["id"],
+            search_params={"metric_type": "IP", "params": params},
+            consistency_level=level,
         )
+        ids = [[hit["id"] for hit in row] for row in hits]
+        return ids, [[hit["distance"] for hit in row] for row in hits]
 
-    def _rerank_client(self, queries: np.ndarray, shortlists: list[list[str]], k: int, level: str):
-        """Fetch the shortlisted full vectors once (deduplicated) and score them here."""
-        unique = sorted({key for shortlist in shortlists for key in shortlist})
-        rows = self._get(self.full_collection, unique, ["full"])
-        full = {row["id"]: row["full"] for row in rows}
-        ids, scores = [], []
-        for query, shortlist in zip(queries, shortlists, strict=True):
-            present = [key for key in shortlist if key in full]
-            if not present:
-                ids.append([])
-                scores.append([])
-                continue
-            matrix = np.asarray([full[key] for key in present], dtype=np.float32)
-            best, columns = top_k((matrix @ query)[None], k)
-            ids.append([present[c] for c in columns[0]])
-            scores.append(best[0].tolist())
-        return ids, scores, len(full) * self.full_dim * 4
-
-    def _rerank_server(self, queries: np.ndarray, shortlists: list[list[str]], k: int, level: str):
+    def _rerank(self, queries: np.ndarray, shortlists: list[list[str]], k: int, level: str):
         """Search the full collection once per query, restricted to its shortlist by a filter."""
         ids, scores = [], []
         for query, shortlist in zip(queries, shortlists, strict=True):
-            if not shortlist:
-                ids.append([])
-                scores.append([])
-                continue
-            hits = self._search(self.full_collection, "full", query[None], k, {}, level,
-                                filter=f"id in {json.dumps(shortlist)}")[0]  # fmt: skip
-            ids.append([hit["id"] for hit in hits])
-            scores.append([hit["distance"] for hit in hits])
-        return ids, scores, 0
+            found, best = [[]], [[]]  # an empty shortlist has no hits (and no "id in []" filter)
+            if shortlist:
+                where = f"id in {json.dumps(shortlist)}"
+                found, best = self._search(query[None], k, level, full=True, filter=where)
+            ids += found
+            scores += best
+        return ids, scores
 
-    def _query_vectors(self, queries: str | Sequence[str] | np.ndarray) -> np.ndarray:
-        return query_vectors(queries, self.full_dim, lambda: self.encoder)
-
-    def _result(self, ids: list[list[str]], scores: list[list[float]], k: int, stats, stages) -> SearchResult:
-        ids = [query_ids[:k] for query_ids in ids]
+    def _result(self, ids: list[list[str]], scores: list[list[float]], stats, stages) -> SearchResult:
+        """Scores padded with ``-inf`` and each hit's rank as its row (``-1`` pads); texts on demand."""
         width = max(map(len, ids), default=0)
         score_matrix = np.full((len(ids), width), -np.inf, dtype=np.float32)
         rows = np.full((len(ids), width), -1, dtype=np.int64)
         for i, query_scores in enumerate(scores):
-            score_matrix[i, : len(ids[i])] = query_scores[: len(ids[i])]
-            rows[i, : len(ids[i])] = np.arange(len(ids[i]))
+            score_matrix[i, : len(query_scores)] = query_scores
+            rows[i, : len(query_scores)] = np.arange(len(query_scores))
 
         def records() -> tuple[list[list[str]], list[list[str | None]]]:
-            wanted = sorted({key for query_ids in ids for key in query_ids})
-            with milvus_errors("fetch", self.uri):
-                found = self._get(self.full_collection, wanted, ["text"])
-            text = {row["id"]: row.get("text") or None for row in found}
+            text = self.texts_of(sorted({key for query_ids in ids for key in query_ids}))
             return ids, [[text.get(key) for key in query_ids] for query_ids in ids]
 
         return SearchResult(score_matrix, rows, records, stats, stages_text(stages, self.full_dim))
@@ -673,23 +534,18 @@ class MilvusIndex:
             "prefix_field": self.prefix_field,
             "index_type": self.index_type,
             "live": live,
-            "rerank": self.rerank,
             "ef": self.ef,
-            "nprobe": self.nprobe,
         }
 
 
-def _create(client, collection: str, properties: dict[str, str]) -> str:
+def _create(client, collection: str, properties: dict[str, str]) -> None:
     """The two collections, indexed and loaded, then the properties (last: a collection without them
-    is not taken for an index). Returns the index type used: a deployment refusing it gets FLAT."""
+    is not taken for an index)."""
     from pymilvus import DataType
-    from pymilvus.exceptions import MilvusException
 
-    full_dim, prefix_dim, index_type = (
-        int(properties["full_dim"]),
-        int(properties["prefix_dim"]),
-        properties["index_type"],
-    )
+    full_dim, prefix_dim = int(properties["full_dim"]), int(properties["prefix_dim"])
+    index_type, prefix_field = properties["index_type"], f"v{prefix_dim}"
+    full_name = collection + FULL_SUFFIX
     full = client.create_schema(auto_id=False, enable_dynamic_field=False)
     full.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
     full.add_field("text", DataType.VARCHAR, max_length=TEXT_LIMIT)
@@ -697,48 +553,29 @@ def _create(client, collection: str, properties: dict[str, str]) -> str:
     full.add_field("full", DataType.FLOAT_VECTOR, dim=full_dim)
     prefix = client.create_schema(auto_id=False, enable_dynamic_field=False)
     prefix.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
-    prefix.add_field(f"v{prefix_dim}", DataType.FLOAT_VECTOR, dim=prefix_dim)
+    prefix.add_field(prefix_field, DataType.FLOAT_VECTOR, dim=prefix_dim)
 
     def make(name: str, schema, field: str, kind: str) -> None:
         params = client.prepare_index_params()
         params.add_index(
             field, index_type=kind, metric_type="IP", params=INDEX_BUILD_PARAMS[kind], index_name=field
         )
-        with_retries(lambda: client.create_collection(name, schema=schema), "create")
-        with_retries(lambda: client.create_index(name, params), "create")
-        with_retries(lambda: client.load_collection(name, _async=True), "load")
+        client.create_collection(name, schema=schema)
+        client.create_index(name, params)
+        client.load_collection(name, _async=True)
 
     try:
-        make(collection + FULL_SUFFIX, full, "full", "FLAT")
-        try:
-            make(collection, prefix, f"v{prefix_dim}", index_type)
-        except MilvusException as exc:
-            if index_type == "FLAT":
-                raise
-            warnings.warn(
-                f"this Milvus deployment refused a {index_type} index on v{prefix_dim} ({_message(exc)}); "
-                "using FLAT",
-                stacklevel=3,
-            )
-            if client.has_collection(collection):
-                client.drop_collection(collection)
-            index_type = "FLAT"
-            make(collection, prefix, f"v{prefix_dim}", index_type)
-        for name in (collection + FULL_SUFFIX, collection):  # both load at once; wait for them here
+        make(full_name, full, "full", "FLAT")
+        make(collection, prefix, prefix_field, index_type)
+        for name in (full_name, collection):  # both load at once; wait for them here
             _wait_loaded(client, name)
-        properties = {**properties, "index_type": index_type}
-        with_retries(
-            lambda: client.alter_collection_properties(
-                collection, {PROPERTY + key: value for key, value in properties.items()}
-            ),
-            "create",
-        )
+        stored = {PROPERTY + key: value for key, value in properties.items()}
+        client.alter_collection_properties(collection, stored)
     except BaseException:
-        for name in (collection, collection + FULL_SUFFIX):
+        for name in (collection, full_name):
             if client.has_collection(name):
                 client.drop_collection(name)
         raise
-    return index_type
 
 
 def _wait_loaded(client, collection: str, timeout: float = 120.0) -> None:
@@ -749,9 +586,3 @@ def _wait_loaded(client, collection: str, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise MatryoshkaError(f"Milvus did not load collection {collection!r} in {timeout:.0f} s")
         time.sleep(0.1)
-
-
-def _encoder(model: str | os.PathLike) -> Encoder:
-    from matryoshka.encoder import Encoder
-
-    return Encoder(model)

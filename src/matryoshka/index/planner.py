@@ -120,9 +120,6 @@ class Calibration:
     k: int
     source: str
 
-    def recall(self, found: np.ndarray) -> float:
-        return self.recall_interval(found)[0]
-
     def recall_interval(self, found: np.ndarray) -> tuple[float, float]:
         """Mean recall@k over the sample, and the half-width of its 95% interval: how far the recall
         of other queries like these may stray from it (1000 queries leave about +-0.005 at 0.95)."""
@@ -142,17 +139,13 @@ class Calibration:
         return self.k + (self.self_rows is not None)
 
 
-def live_rows(store: Store) -> np.ndarray:
-    return np.setdiff1d(np.arange(store.rows), store.deleted_rows())
-
-
 def calibration_sample(
     store: Store, k: int, queries: np.ndarray | None = None, size: int = CALIBRATION_QUERIES, seed: int = 0
 ) -> Calibration:
     """Exact full-dim truth for a query log, or for a random sample of the index's own rows."""
     self_rows = None
     if queries is None:
-        live = live_rows(store)
+        live = store.live_row_numbers()
         rng = np.random.default_rng(seed)
         self_rows = np.sort(rng.choice(live, size=min(size, len(live)), replace=False))
         queries = store.read_prefix(self_rows, store.full_dim)
@@ -175,7 +168,7 @@ def candidate_funnels(store: Store, k: int) -> list[tuple[list[Stage], bool]]:
     full = store.full_dim
     ends = [end for _, end in store.chunks]
     first_dims = [end for end in ends if end <= full // 2] or [ends[0]]
-    live = max(1, store.rows - len(store.deleted_rows()))
+    live = max(1, store.live_rows)
     out: list[tuple[list[Stage], bool]] = [([Stage(full, k)], False), ([Stage(full, k)], True)]
     seen = set()
     for precision in ("float", "int8", "binary"):
@@ -360,15 +353,14 @@ def make_plan(
     sample: int = CALIBRATION_QUERIES,
 ) -> Plan:
     """Measure every candidate on a calibration sample and choose within the budgets."""
-    if store.rows - len(store.deleted_rows()) <= k + 1:
+    if store.live_rows <= k + 1:
         raise MatryoshkaError(f"the index holds too few rows to plan a top-{k} search")
     check_budgets(memory_gb, latency_ms, recall)
     calibration = calibration_sample(store, k, queries, sample)
     measured = measure(store, calibration, memory, timing_queries=timing_queries)
     chosen = choose(measured, memory_gb, latency_ms, recall)
     budgets = {"memory_gb": memory_gb, "latency_ms": latency_ms, "recall": recall}
-    live = store.rows - len(store.deleted_rows())
-    return Plan(chosen, k, budgets, pareto_frontier(measured), live, calibration.source)
+    return Plan(chosen, k, budgets, pareto_frontier(measured), store.live_rows, calibration.source)
 
 
 def check_budgets(memory_gb: float | None, latency_ms: float | None, recall: float | None) -> None:
@@ -379,33 +371,20 @@ def check_budgets(memory_gb: float | None, latency_ms: float | None, recall: flo
         raise MatryoshkaError(f"recall must be in (0, 1], got {recall}")
 
 
-CODE_BYTES = {"float": 4.0, "int8": 1.0, "binary": 1 / 8}  # per coordinate of a first-stage scan
-
-
-def funnel_cost(stages: list[Stage], rows: int, itemsize: int) -> int:
-    """Bytes read per query: the first stage scans every row's float32 prefix (or its int8 or packed
-    binary codes), later ones gather the shortlist's stored rows (or codes)."""
-    cost = int(rows * stages[0].dim * CODE_BYTES[stages[0].precision])
-    for previous, stage in itertools.pairwise(stages):
-        width = itemsize if stage.precision == "float" else CODE_BYTES[stage.precision]
-        cost += int(previous.keep * stage.dim * width)
-    return cost
-
-
-def fixed_default(full_dim: int, binary_dim: int, k: int) -> list[Stage]:
-    """The funnel of an index that recorded none (too few rows to calibrate): a popcount scan of every
-    sign bit keeping ``30 * k``, then the full dim."""
-    return [Stage(binary_dim, 30 * k, "binary"), Stage(full_dim, k)]
+def funnel_cost(stages: list[Stage], rows: int, dtype: str) -> int:
+    """Bytes read per query: the first stage scans every row's resident float32 prefix (or its codes),
+    later ones gather the shortlist's rows as stored in ``dtype`` (or their codes)."""
+    later = sum(before.keep * stage.bytes_per_vector(dtype) for before, stage in itertools.pairwise(stages))
+    return rows * stages[0].bytes_per_vector("float32") + later
 
 
 def default_funnel(store: Store, memory: dict[int, np.ndarray], k: int = 10) -> list[Stage]:
     """Cheapest (bytes read) funnel with a resident float or a binary first stage reaching
     ``DEFAULT_RECALL`` recall@k on ``DEFAULT_QUERIES`` held-in rows; the most accurate when none does.
     Exact search when the index holds too few rows to sample."""
-    if store.rows - len(store.deleted_rows()) <= k + 1:
+    if store.live_rows <= k + 1:
         return [Stage(store.full_dim, k)]
     calibration = calibration_sample(store, k, size=DEFAULT_QUERIES)
-    itemsize = np.dtype(store.manifest["dtype"]).itemsize
     funnels = [
         (stages, True)
         for stages, resident_first in candidate_funnels(store, k)
@@ -414,5 +393,5 @@ def default_funnel(store: Store, memory: dict[int, np.ndarray], k: int = 10) -> 
     measured = measure(store, calibration, memory, funnels, timing_queries=0)
     reaching = [parse_funnel(c.funnel, store.full_dim, k) for c in measured if c.recall >= DEFAULT_RECALL]
     if reaching:
-        return min(reaching, key=lambda stages: funnel_cost(stages, store.rows, itemsize))
+        return min(reaching, key=lambda stages: funnel_cost(stages, store.rows, store.manifest["dtype"]))
     return parse_funnel(max(measured, key=lambda c: c.recall).funnel, store.full_dim, k)

@@ -11,13 +11,13 @@ beside the data and checked by size and checksum when read.
 
 from __future__ import annotations
 
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from matryoshka.errors import DimensionError, MatryoshkaError
+from matryoshka.index.store import atomic_write
 
 ROTATION_FILE = "rotation.f32"
 FIT_SAMPLE = 20_000
@@ -48,14 +48,9 @@ def check_rotation(matrix: np.ndarray, full_dim: int) -> np.ndarray:
 
 
 def save_rotation(root: Path, matrix: np.ndarray) -> dict:
-    """Write the matrix (temp file, fsync, rename) and return its manifest record."""
+    """Write the matrix (``atomic_write``) and return its manifest record."""
     data = np.ascontiguousarray(matrix, dtype=np.float32).tobytes()
-    temporary = root / (ROTATION_FILE + ".tmp")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(root / ROTATION_FILE)
+    atomic_write(root / ROTATION_FILE, data)
     return {"file": ROTATION_FILE, "bytes": len(data), "crc32": zlib.crc32(data)}
 
 

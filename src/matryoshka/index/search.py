@@ -31,20 +31,28 @@ def exact_search(
     if queries.shape[1] != vectors.shape[1]:
         raise DimensionError(f"queries have {queries.shape[1]} dims, vectors have {vectors.shape[1]}")
     queries = truncate(queries.astype(np.float32), dim)
-    k = min(k, len(vectors))
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, len(vectors), ROWS_PER_BLOCK):
-        block = truncate(np.asarray(vectors[start : start + ROWS_PER_BLOCK], dtype=np.float32), dim)
-        scores = np.concatenate([best_scores, queries @ block.T], axis=1)
-        ids = np.concatenate(
-            [best_ids, np.arange(start, start + len(block))[None].repeat(len(queries), 0)], 1
-        )
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores)
-        best_scores = np.take_along_axis(scores, top, 1)
-        best_ids = np.take_along_axis(ids, top, 1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_ids, order, 1)
+
+    def score_block(start: int, stop: int) -> np.ndarray:
+        return queries @ truncate(np.asarray(vectors[start:stop], dtype=np.float32), dim).T
+
+    return blockwise_top_k(score_block, len(vectors), ROWS_PER_BLOCK, len(queries), k)
+
+
+def blockwise_top_k(
+    score_block: Callable[[int, int], np.ndarray], rows: int, block_rows: int, queries: int, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``keep`` per query over the score blocks ``score_block(start, stop)`` of ``rows`` rows,
+    merged as they come, so only one block's score matrix is held at a time."""
+    best_scores = np.full((queries, 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((queries, 0), dtype=np.int64)
+    for start in range(0, rows, block_rows):
+        block_scores, columns = top_k(score_block(start, min(start + block_rows, rows)), keep)
+        best_scores = np.concatenate([best_scores, block_scores], axis=1)
+        best_rows = np.concatenate([best_rows, columns + start], axis=1)
+        if start:
+            best_scores, kept = top_k(best_scores, keep)
+            best_rows = np.take_along_axis(best_rows, kept, 1)
+    return best_scores, best_rows
 
 
 # ---- funnel search over an index Store ------------------------------------------------------------
@@ -135,25 +143,18 @@ def scan(
     """First stage: score every live row in blocks, keep the best ``stage.keep`` per query."""
     if stage.precision == "binary":
         return hamming_scan(store, queries, stage)
-    deleted = store.deleted_rows()
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
-    total_bytes = 0
+    deleted, read = store.deleted_rows(), [0]
+
+    def score_block(start: int, stop: int) -> np.ndarray:
+        scores, block_bytes = score_rows(store, queries, slice(start, stop), stage, resident)
+        read[0] += block_bytes
+        scores[:, deleted[(deleted >= start) & (deleted < stop)] - start] = -np.inf
+        return scores
+
     block_rows = SCAN_ROWS if stage.precision == "float" else CODE_SCAN_ROWS
-    for start in range(0, store.rows, block_rows):
-        stop = min(start + block_rows, store.rows)
-        scores, read = score_rows(store, queries, slice(start, stop), stage, resident)
-        total_bytes += read
-        gone = deleted[(deleted >= start) & (deleted < stop)] - start
-        scores[:, gone] = -np.inf
-        block_scores, columns = top_k(scores, stage.keep)
-        best_scores = np.concatenate([best_scores, block_scores], axis=1)
-        best_rows = np.concatenate([best_rows, columns + start], axis=1)
-        if best_scores.shape[1] > stage.keep:
-            best_scores, keep = top_k(best_scores, stage.keep)
-            best_rows = np.take_along_axis(best_rows, keep, 1)
+    best_scores, best_rows = blockwise_top_k(score_block, store.rows, block_rows, len(queries), stage.keep)
     alive = np.isfinite(best_scores)
-    return np.where(alive, best_scores, -np.inf), np.where(alive, best_rows, -1), total_bytes
+    return np.where(alive, best_scores, -np.inf), np.where(alive, best_rows, -1), read[0]
 
 
 def hamming_scan(store: Store, queries: np.ndarray, stage: Stage) -> tuple[np.ndarray, np.ndarray, int]:

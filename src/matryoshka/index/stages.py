@@ -15,6 +15,7 @@ import numpy as np
 
 from matryoshka.dims import validate_dim
 from matryoshka.errors import DimensionError, MatryoshkaError
+from matryoshka.quantize import bytes_per_vector
 
 if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
@@ -33,6 +34,10 @@ class Stage:
     def __str__(self) -> str:
         prefix = "" if self.precision == "float" else f"{self.precision}@"
         return f"{prefix}{self.dim}:{self.keep}"
+
+    def bytes_per_vector(self, dtype: str) -> int:
+        """Bytes of each row the stage reads: its codes, or (a float stage) the prefix stored in ``dtype``."""
+        return bytes_per_vector(self.dim, dtype if self.precision == "float" else self.precision)
 
 
 @dataclass
@@ -154,3 +159,26 @@ def query_vectors(
     if not texts:
         raise MatryoshkaError("no queries given")
     return encoder().encode_full(texts)
+
+
+def checked_rows(
+    vectors: np.ndarray,
+    full_dim: int,
+    ids: Sequence[str] | None = None,
+    texts: Sequence[str | None] | None = None,
+    metadata: Sequence[dict | None] | None = None,
+) -> tuple[np.ndarray, list[str] | None]:
+    """Rows to add, refused before anything is written unless they are finite ``full_dim``-dim vectors
+    with one id, text and metadata (each when given) per vector and distinct ids; float32, ids as text."""
+    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    if vectors.ndim != 2 or vectors.shape[1] != full_dim:
+        raise DimensionError(f"vectors have shape {vectors.shape}, the index holds {full_dim}-dim rows")
+    if not np.isfinite(vectors).all():
+        raise MatryoshkaError("vectors contain NaN or infinite values")
+    for name, values in (("ids", ids), ("texts", texts), ("metadata", metadata)):
+        if values is not None and len(values) != len(vectors):
+            raise MatryoshkaError(f"{len(values)} {name} for {len(vectors)} vectors")
+    ids = None if ids is None else [str(key) for key in ids]
+    if ids is not None and len(set(ids)) != len(ids):
+        raise MatryoshkaError("ids in one batch must be distinct")
+    return vectors, ids

@@ -1,9 +1,8 @@
 """On-disk layout of an index: a manifest, one memory-mapped file per chunk of coordinates, codes, SQLite.
 
 A search at 64 dims maps only the chunk files that cover [0, 64), so a process serving short prefixes
-never reads the rest. Appends write data first (after cutting any uncommitted tail a killed writer
-left), fsync, then swap the manifest atomically (write temp, fsync, rename): the manifest's row count is
-the commit. ``compact`` writes a new generation of files and swaps the manifest to it.
+never reads the rest. A change writes and fsyncs data first (``writer``), then swaps the manifest
+atomically (write temp, fsync, rename): the manifest's row count is the commit.
 
 Integrity: the manifest carries a CRC of its own canonical JSON (a flipped byte is an error, never a
 silently different index), its row count must match every file's recorded size, and ``verify`` checks
@@ -20,8 +19,8 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -34,22 +33,18 @@ READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 DEFAULT_BOUNDARIES = (32, 64, 128, 256)
 STORAGE_DTYPES = ("float16", "float32")
-COPY_ROWS = 65536
 LOCK_TIMEOUT_ENV = "MATRYOSHKA_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer of the same index
 DATA_KEYS = ("generation", "rows", "files", "int8_ranges", "deleted", "rows_crc32")  # a change: reload
 
 
-def chunk_bounds(
-    full_dim: int, boundaries: tuple[int, ...] | list[int] = DEFAULT_BOUNDARIES
-) -> list[list[int]]:
+def chunk_bounds(full_dim: int, boundaries: Sequence[int] = DEFAULT_BOUNDARIES) -> list[list[int]]:
     """[[0, 32], [32, 64], ..., [256, full_dim]] from the inner boundaries below ``full_dim``."""
-    inner = sorted({int(b) for b in boundaries if 0 < int(b) < full_dim})
-    edges = [0, *inner, full_dim]
+    edges = [0, *sorted({int(b) for b in boundaries if 0 < int(b) < full_dim}), full_dim]
     return [[start, end] for start, end in itertools.pairwise(edges)]
 
 
-def check_boundaries(full_dim: int, boundaries: tuple[int, ...] | list[int]) -> None:
+def check_boundaries(full_dim: int, boundaries: Sequence[int]) -> None:
     """Chunk boundaries a user gave must each lie inside (0, full_dim): a typo is an error, not ignored."""
     bad = [b for b in boundaries if isinstance(b, bool) or not isinstance(b, int | np.integer)]
     bad += [b for b in boundaries if b not in bad and not 0 < int(b) < full_dim]
@@ -60,32 +55,32 @@ def check_boundaries(full_dim: int, boundaries: tuple[int, ...] | list[int]) -> 
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def manifest_checksum(manifest: dict) -> int:
     """CRC-32 of the manifest's canonical JSON (sorted keys, no spaces), its ``checksum`` key left out."""
     payload = {key: value for key, value in manifest.items() if key != "checksum"}
     return zlib.crc32(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
 
 
-def write_manifest(root: Path, manifest: dict) -> None:
-    """Atomic swap: a reader sees the old manifest or the new one, never a mix."""
-    payload = {key: value for key, value in manifest.items() if key != "checksum"}
-    payload["format_version"] = FORMAT_VERSION
-    payload["checksum"] = manifest_checksum(payload)
-    temporary = Path(root) / f"{MANIFEST}.{os.getpid()}.tmp"
-    with temporary.open("w") as handle:
-        json.dump(payload, handle, indent=1)
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data``: a reader sees the old file or the new one, never a mix (temp file,
+    fsync, rename, then fsync the directory so the rename itself reaches the disk)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, Path(root) / MANIFEST)
-    _fsync_dir(Path(root))
+    os.replace(temporary, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    payload = {**manifest, "format_version": FORMAT_VERSION}
+    payload["checksum"] = manifest_checksum(payload)  # which leaves any old checksum out
+    atomic_write(Path(root) / MANIFEST, json.dumps(payload, indent=1).encode())
 
 
 def read_manifest(root: Path) -> dict:
@@ -122,8 +117,7 @@ def _is_count(value: object, low: int = 0, high: float = float("inf")) -> bool:
 
 
 def _manifest_problem(manifest: dict) -> str | None:
-    """What is inconsistent in a manifest (wrong types, chunks that do not tile, sizes that do not match
-    the row count), or None."""
+    """What is inconsistent in a manifest (types, chunk tiling, file sizes against the rows), or None."""
     full_dim, chunks, rows = manifest["full_dim"], manifest["chunks"], manifest["rows"]
     if not _is_count(full_dim, 1):
         return f"full_dim is {full_dim!r}"
@@ -160,8 +154,7 @@ def _manifest_problem(manifest: dict) -> str | None:
     for key in ("deleted", "rows_crc32"):
         if key in manifest and not _is_count(manifest[key], 0, rows if key == "deleted" else 2**32 - 1):
             return f"{key} is {manifest[key]!r}"
-    files = manifest["files"]
-    expected = Store._data_files(manifest)
+    files, expected = manifest["files"], Store._data_files(manifest)
     if not isinstance(files, dict) or set(files) != set(expected):
         return f"files {sorted(files) if isinstance(files, dict) else files!r} are not {sorted(expected)}"
     for name, (dtype, width) in expected.items():
@@ -186,14 +179,11 @@ def _lock_holder(fd: int) -> str:
     """'PID N' of the process holding the flock on ``fd``'s file, from /proc/locks (Linux), if found."""
     stat = os.fstat(fd)
     key = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
-    try:
-        with open("/proc/locks") as locks:
-            for line in locks:
-                fields = line.split()
-                if "FLOCK" in fields and key in fields and "->" not in fields:
-                    return f"PID {fields[fields.index(key) - 1]}"
-    except OSError:
-        pass
+    with suppress(OSError), open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if "FLOCK" in fields and key in fields and "->" not in fields:
+                return f"PID {fields[fields.index(key) - 1]}"
     return "another process"
 
 
@@ -207,16 +197,15 @@ def writer_lock(root: Path, timeout: float | None = None) -> Iterator[None]:
     try:
         deadline = time.monotonic() + timeout
         while True:
-            try:
+            with suppress(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise MatryoshkaError(
-                        f"index {root} is being written by {_lock_holder(fd)}"
-                        f" (waited {timeout:g} s): try again when it has finished"
-                    ) from None
-                time.sleep(0.02)
+            if time.monotonic() >= deadline:
+                raise MatryoshkaError(
+                    f"index {root} is being written by {_lock_holder(fd)}"
+                    f" (waited {timeout:g} s): try again when it has finished"
+                )
+            time.sleep(0.02)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -242,11 +231,10 @@ class Store:
         self.manifest = read_manifest(self.root)
         self.opened: set[str] = set()
         self._maps: dict[str, np.ndarray] = {}
-        self._copies: dict[tuple[int, int], np.ndarray] = {}  # contiguous sign-bit byte ranges, in RAM
+        self._copies: dict[int, np.ndarray] = {}  # contiguous leading sign-bit bytes, by width, in RAM
         self._db: sqlite3.Connection | None = None
         self._deleted: np.ndarray | None = None
-        self._writing = 0  # depth of ``writing`` blocks held by this object
-        self.reloads = 0  # how many times ``refresh`` found new data (callers drop what they derived)
+        self._writing = False  # inside ``writing``: this object holds the lock
 
     # ---- creation -------------------------------------------------------------------------------
     @classmethod
@@ -254,7 +242,7 @@ class Store:
         cls,
         root: str | os.PathLike,
         full_dim: int,
-        boundaries: tuple[int, ...] | list[int] = DEFAULT_BOUNDARIES,
+        boundaries: Sequence[int] = DEFAULT_BOUNDARIES,
         dtype: str = "float16",
         int8_dim: int | None = None,
         binary_dim: int | None = None,
@@ -327,17 +315,27 @@ class Store:
         return int(self.manifest["full_dim"])
 
     @property
+    def live_rows(self) -> int:
+        return self.rows - len(self.deleted_rows())
+
+    def live_row_numbers(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.rows), self.deleted_rows())
+
+    @property
     def chunks(self) -> list[list[int]]:
         return self.manifest["chunks"]
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            path = self.root / self._db_name(self.manifest)
-            if not path.is_file():
-                raise MatryoshkaError(f"index {self.root} is damaged: missing {path.name}")
-            self._db = sqlite3.connect(path)
+            self._db = sqlite3.connect(self._db_path())
         return self._db
+
+    def _db_path(self) -> Path:
+        path = self.root / self._db_name(self.manifest)
+        if not path.is_file():
+            raise MatryoshkaError(f"index {self.root} is damaged: missing {path.name}")
+        return path
 
     @contextmanager
     def sqlite(self) -> Iterator[sqlite3.Connection]:
@@ -351,52 +349,38 @@ class Store:
             raise MatryoshkaError(f"index {self.root} is damaged: {name}: {exc}") from None
 
     # ---- keeping up with other processes --------------------------------------------------------
-    def changed_on_disk(self) -> bool:
-        """Whether the manifest file was swapped since this object last read it (one stat call)."""
-        return _manifest_stamp(self._root_text) != self._stamp
-
     def refresh(self) -> bool:
-        """Reload when another process committed: True when rows, files or tombstones changed (then
-        every map, copy and cached tombstone is dropped, and the SQLite connection is reopened after a
-        compaction); a change of other keys only (a saved plan) just updates ``manifest``."""
-        if not self.changed_on_disk():
+        """Reload (one stat when nothing changed) when another process committed: True when rows, files or
+        tombstones changed, which drops every map and copy; other keys (a saved plan) just update."""
+        if (stamp := _manifest_stamp(self._root_text)) == self._stamp:
             return False
-        stamp = _manifest_stamp(self.root)
         manifest = read_manifest(self.root)
-        changed = any(manifest.get(key) != self.manifest.get(key) for key in DATA_KEYS)
-        if changed:
+        if changed := any(manifest.get(key) != self.manifest.get(key) for key in DATA_KEYS):
             self.adopt(manifest)
-            self.reloads += 1
         else:
             self.manifest = manifest
-        self._stamp = stamp
+        self._stamp = stamp  # taken before the read: a swap during it is noticed next time
         return changed
 
     def adopt(self, manifest: dict) -> None:
         """Use ``manifest`` (just committed, by this process or another) from now on."""
-        if manifest["generation"] != self.manifest["generation"] and self._db is not None:
-            self._db.close()
-            self._db = None
-        self.manifest = manifest
         self.forget_files()
+        if manifest["generation"] != self.manifest["generation"]:
+            self.close()  # the old generation's rows database
+        self.manifest = manifest
         self._deleted = None
         self._stamp = _manifest_stamp(self.root)
 
     @contextmanager
     def writing(self, timeout: float | None = None) -> Iterator[None]:
-        """Be the index's only writer: an exclusive ``flock`` on its directory, waited for up to
-        ``timeout`` seconds ($MATRYOSHKA_LOCK_TIMEOUT, default 60); inside, the manifest is the latest
-        commit and every file it records is present at its size. OS and SQLite errors while writing
-        (a read-only directory, a full disk) become a MatryoshkaError; nothing uncommitted is visible."""
-        if self._writing:
-            self._writing += 1
-            try:
-                yield
-            finally:
-                self._writing -= 1
+        """Be the index's only writer (``writer_lock``); inside, the manifest is the latest commit and every
+        file it records is present at its size. OS and SQLite errors while writing (a read-only directory,
+        a full disk) become a MatryoshkaError; nothing uncommitted is visible."""
+        if self._writing:  # nested (``update_manifest`` inside a change): the lock is held already
+            yield
             return
         with writer_lock(self.root, timeout):
-            self._writing = 1
+            self._writing = True
             try:
                 self.refresh()
                 self.check_writable()
@@ -405,7 +389,7 @@ class Store:
             except OSError as exc:
                 raise MatryoshkaError(f"cannot write index {self.root}: {exc}") from None
             finally:
-                self._writing = 0
+                self._writing = False
 
     def update_manifest(self, **changes: object) -> None:
         """Record other keys (a funnel, a plan, a graph) under the writer lock, on top of the latest
@@ -430,14 +414,13 @@ class Store:
         writer's uncommitted tail, which the next append cuts); else the damage, as a search reports it."""
         for name, record in self.manifest["files"].items():
             self._check_size(name, record["bytes"])
-        if not (self.root / self._db_name(self.manifest)).is_file():
-            raise MatryoshkaError(f"index {self.root} is damaged: missing {self._db_name(self.manifest)}")
+        self._db_path()
 
     def _check_size(self, name: str, expected: int) -> None:
         path = self.root / name
         size = path.stat().st_size if path.is_file() else -1
         if expected and size < expected:  # an empty index has no files yet
-            if self.changed_on_disk() and not self._writing:
+            if _manifest_stamp(self._root_text) != self._stamp and not self._writing:  # a commit since
                 raise MatryoshkaError(f"index {self.root} changed on disk during this read: search again")
             state = "missing" if size < 0 else f"truncated ({size} bytes, the manifest records {expected})"
             raise MatryoshkaError(f"index {self.root} is damaged: {name} is {state}")
@@ -451,25 +434,20 @@ class Store:
         self._check_size(name, self.manifest["files"][name]["bytes"])
         self.opened.add(name)
         if self.rows == 0:
-            mapped = np.zeros((0, width), dtype=dtype)
-        else:
-            # A plain ndarray view of the map: indexing skips np.memmap's per-call subclass overhead.
-            mapped = np.asarray(np.memmap(self.root / name, dtype=dtype, mode="r", shape=(self.rows, width)))
-        self._maps[name] = mapped
-        return mapped
-
-    def chunk_name(self, index: int) -> str:
-        start, end = self.chunks[index]
-        return f"g{self.manifest['generation']}-chunk-{start:04d}-{end:04d}.{self.manifest['dtype']}"
+            self._maps[name] = np.zeros((0, width), dtype=dtype)
+        else:  # a plain ndarray view of the map: indexing skips np.memmap's per-call subclass overhead
+            mapped = np.memmap(self.root / name, dtype=dtype, mode="r", shape=(self.rows, width))
+            self._maps[name] = np.asarray(mapped)
+        return self._maps[name]
 
     def chunk_parts(self, dim: int) -> list[tuple[np.ndarray, int]]:
         """(mapped chunk, columns used) for every chunk that [0, dim) touches."""
-        parts = []
-        for index, (start, end) in enumerate(self.chunks):
-            if start >= dim:
-                break
-            parts.append((self.array(self.chunk_name(index)), min(end, dim) - start))
-        return parts
+        names = self._data_files(self.manifest)  # the chunk files first, in order
+        return [
+            (self.array(name), min(end, dim) - start)
+            for name, (start, end) in zip(names, self.chunks, strict=False)
+            if start < dim
+        ]
 
     def read_prefix(self, rows: slice | np.ndarray, dim: int) -> np.ndarray:
         """First ``dim`` stored coordinates of ``rows`` (slice or row numbers), float32, not renormalised."""
@@ -478,9 +456,8 @@ class Store:
 
     @staticmethod
     def to_float32(values: np.ndarray) -> np.ndarray:
-        """float16 -> float32 through torch, which converts far faster than numpy's ``astype`` on one
-        thread; re-ranking converts every gathered row. A column slice (a stage that ends inside a
-        chunk) is copied to C order first."""
+        """float16 -> float32 through torch, far faster than numpy's ``astype`` on one thread (re-ranking
+        converts every gathered row); a column slice (a stage ending inside a chunk) is made C order first."""
         if values.dtype != np.float16:
             return values.astype(np.float32, copy=False)
         import torch
@@ -491,17 +468,16 @@ class Store:
     def int8_codes(self) -> np.ndarray:
         return self.array(f"g{self.manifest['generation']}-int8-{self.manifest['int8_dim']}.i8")
 
-    def binary_codes(self, dim: int | None = None, start: int = 0) -> np.ndarray:
-        """Packed sign codes of every row; of coordinates ``[start, dim)`` only when given (multiples of
-        8), as one C-contiguous array copied once and kept, for the popcount kernels."""
-        name = f"g{self.manifest['generation']}-binary-{self.manifest['binary_dim']}.u8"
-        codes = self.array(name)
-        begin, end = start // 8, codes.shape[1] if dim is None else -(-dim // 8)
-        if (begin, end) == (0, codes.shape[1]):
+    def binary_codes(self, dim: int | None = None) -> np.ndarray:
+        """Packed sign codes of every row; of the first ``dim`` coordinates only when given, as one
+        C-contiguous array copied once and kept, for the popcount kernels."""
+        codes = self.array(f"g{self.manifest['generation']}-binary-{self.manifest['binary_dim']}.u8")
+        width = codes.shape[1] if dim is None else -(-dim // 8)
+        if width == codes.shape[1]:
             return codes
-        if (begin, end) not in self._copies:
-            self._copies[begin, end] = np.ascontiguousarray(codes[:, begin:end])
-        return self._copies[begin, end]
+        if width not in self._copies:
+            self._copies[width] = np.ascontiguousarray(codes[:, :width])
+        return self._copies[width]
 
     def held_bytes(self) -> int:
         """RAM held by in-memory copies (prefix sign codes), not counting the memory-mapped files."""
@@ -534,13 +510,14 @@ class Store:
         unique = [int(r) for r in np.unique(rows)]
         found = {}
         with self.sqlite() as db:
-            for start in range(0, len(unique), 900):
-                batch = unique[start : start + 900]
-                marks = ",".join("?" * len(batch))
-                for row, key, text, meta in db.execute(
-                    f"SELECT row, id, text, metadata FROM rows WHERE row IN ({marks})", batch
-                ):
-                    found[row] = (key, text, _metadata(self, row, meta))
+            query = "SELECT row, id, text, metadata FROM rows WHERE row IN ({})"
+            for row, key, text, meta in select_in(db, query, unique):
+                try:
+                    found[row] = (key, text, json.loads(meta) if meta else None)
+                except (TypeError, ValueError):
+                    raise MatryoshkaError(
+                        f"index {self.root} is damaged: row {row}'s metadata is not JSON"
+                    ) from None
         if missing := [r for r in unique if r not in found]:
             raise MatryoshkaError(
                 f"index {self.root} is damaged: rows {', '.join(map(str, missing[:5]))} missing from"
@@ -550,41 +527,26 @@ class Store:
 
     def rows_of(self, ids: list[str]) -> dict[str, int]:
         """Live row number of each id present in the index."""
-        found = {}
         with self.sqlite() as db:
-            for start in range(0, len(ids), 900):
-                batch = ids[start : start + 900]
-                marks = ",".join("?" * len(batch))
-                query = f"SELECT id, row FROM rows WHERE id IN ({marks}) AND deleted = 0 AND row < ?"
-                found.update(dict(db.execute(query, [*batch, self.rows])))
-        return found
+            query = "SELECT id, row FROM rows WHERE id IN ({}) AND deleted = 0 AND row < ?"
+            return dict(select_in(db, query, ids, self.rows))
 
     def verify(self) -> None:
-        """Recompute every file's checksum over its committed bytes and check the SQLite rows (one per
-        row number 0..rows-1, distinct ids, their CRC and the tombstone count the manifest records);
-        raise naming every problem found."""
-        problems = []
-        for name, recorded in self.manifest["files"].items():
-            self.array(name)
-            crc = 0
-            with (self.root / name).open("rb") as handle:
-                remaining = recorded["bytes"]
-                while remaining:
-                    block = handle.read(min(remaining, 1 << 24))
-                    crc, remaining = zlib.crc32(block, crc), remaining - len(block)
-            if crc != recorded["crc32"]:
-                problems.append(f"checksum mismatch in {name}")
-        problems += self._row_problems()
-        if problems:
-            raise MatryoshkaError(f"index {self.root} is damaged: {'; '.join(problems)}")
-
-    def _row_problems(self) -> list[str]:
-        name, rows, problems = self._db_name(self.manifest), self.rows, []
+        """Check every file's CRC over its committed bytes and the SQLite rows (numbered 0..rows-1, distinct
+        ids, their CRC, the tombstone count the manifest records); raise naming every problem found."""
+        problems = [
+            f"checksum mismatch in {name}"
+            for name, recorded in self.manifest["files"].items()
+            if self._file_crc(name, recorded["bytes"]) != recorded["crc32"]
+        ]
+        name, rows = self._db_name(self.manifest), self.rows
         with self.sqlite() as db:
             if (check := db.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
                 problems.append(f"{name}: {check}")
-            count, distinct, low, high = db.execute(
-                "SELECT COUNT(*), COUNT(DISTINCT id), MIN(row), MAX(row) FROM rows WHERE row < ?", (rows,)
+            count, distinct, low, high, tombstones = db.execute(
+                "SELECT COUNT(*), COUNT(DISTINCT id), MIN(row), MAX(row), COUNT(NULLIF(deleted, 0)) FROM rows"
+                " WHERE row < ?",
+                (rows,),
             ).fetchone()
             if count != rows or (rows and (low, high) != (0, rows - 1)):
                 problems.append(f"{name} holds {count} rows numbered {low}..{high}, the manifest {rows}")
@@ -596,19 +558,28 @@ class Store:
                 )
                 if crc != self.manifest["rows_crc32"]:
                     problems.append(f"checksum mismatch in the ids, texts or metadata of {name}")
-            if "deleted" in self.manifest:
-                (tombstones,) = db.execute(
-                    "SELECT COUNT(*) FROM rows WHERE deleted != 0 AND row < ?", (rows,)
-                ).fetchone()
-                if tombstones != self.manifest["deleted"]:
-                    problems.append(
-                        f"{name} holds {tombstones} deleted rows, the manifest {self.manifest['deleted']}"
-                        " (a delete killed before its commit, or damage)"
-                    )
-        return problems
+            if "deleted" in self.manifest and tombstones != self.manifest["deleted"]:
+                problems.append(
+                    f"{name} holds {tombstones} deleted rows, the manifest {self.manifest['deleted']}"
+                    " (a delete killed before its commit, or damage)"
+                )
+        if problems:
+            raise MatryoshkaError(f"index {self.root} is damaged: {'; '.join(problems)}")
+
+    def _file_crc(self, name: str, size: int) -> int:
+        """CRC-32 of a data file's first ``size`` (committed) bytes, read in blocks rather than mapped, so
+        a disk read error is an error, not a crash."""
+        self._check_size(name, size)
+        crc = 0
+        try:
+            with open(self.root / name, "rb") as handle:
+                while size > 0 and (block := handle.read(min(size, 1 << 24))):
+                    crc, size = zlib.crc32(block, crc), size - len(block)
+        except OSError as exc:
+            raise MatryoshkaError(f"index {self.root} is damaged: cannot read {name}: {exc}") from None
+        return crc
 
     def forget_files(self) -> None:
-        """Drop the maps and copies of the data files (after a commit changed them)."""
         self._maps.clear()
         self._copies.clear()
 
@@ -621,19 +592,16 @@ class Store:
 
 def create_rows_table(path: Path) -> None:
     """A new rows database (one row per index row: id, text, metadata JSON, tombstone)."""
-    db = sqlite3.connect(path)
-    try:
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "CREATE TABLE IF NOT EXISTS rows (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL,"
             " text TEXT, metadata TEXT, deleted INTEGER NOT NULL DEFAULT 0)"
         )
-        db.commit()
-    finally:
-        db.close()
 
 
-def _metadata(store: Store, row: int, text: str | None) -> dict | None:
-    try:
-        return json.loads(text) if text else None
-    except (TypeError, ValueError):
-        raise MatryoshkaError(f"index {store.root} is damaged: row {row}'s metadata is not JSON") from None
+def select_in(db: sqlite3.Connection, query: str, values: list, *params: object) -> Iterator[tuple]:
+    """The rows of ``query`` with its ``{}`` an ``IN`` list of ``values``, 900 at a time (SQLite's limit
+    on parameters); ``params`` fill the placeholders after it."""
+    for start in range(0, len(values), 900):
+        batch = values[start : start + 900]
+        yield from db.execute(query.format(",".join("?" * len(batch))), [*batch, *params])

@@ -46,7 +46,7 @@ from matryoshka.server.schemas import (
     StageReport,
     Usage,
 )
-from matryoshka.server.search import IndexService, PlanMissing, bytes_per_vector
+from matryoshka.server.search import IndexService, PlanMissing
 from matryoshka.server.security import BodyReadTimeout, BodySizeLimit, LoadShedding, bearer_ok
 from matryoshka.server.tokens import decode_token_input, is_token_input
 
@@ -237,7 +237,7 @@ def create_app(
             index=index.name,
             hits=hits,
             stages=report,
-            bytes_per_vector=bytes_per_vector(stages[0], index.itemsize),
+            bytes_per_vector=stages[0].bytes_per_vector(index.dtype),
             timings_ms=timings,
         )
 

@@ -16,16 +16,7 @@ import numpy as np
 
 from matryoshka.encoder import Encoder
 from matryoshka.errors import MatryoshkaError
-from matryoshka.index import MatryoshkaIndex, Stage
-
-
-def bytes_per_vector(stage: Stage, stored_itemsize: int) -> int:
-    """Bytes each vector costs at a stage's prefix and precision, as the index stores it."""
-    if stage.precision == "binary":
-        return -(-stage.dim // 8)
-    if stage.precision == "int8":
-        return stage.dim
-    return stage.dim * stored_itemsize
+from matryoshka.index import MatryoshkaIndex
 
 
 class IndexService:
@@ -36,7 +27,7 @@ class IndexService:
         self.name = self.path.name
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matryoshka-index")
         self.index, self.default_funnel, self.rows = self._thread.submit(self._open, encoder).result()
-        self.itemsize = np.dtype(self.index.store.manifest["dtype"]).itemsize
+        self.dtype = self.index.store.manifest["dtype"]
 
     def _open(self, encoder: Encoder) -> tuple[MatryoshkaIndex, str, int]:
         index = MatryoshkaIndex.open(self.path)
