@@ -9,7 +9,6 @@ from matryoshka.eval.metrics import recall_at_k
 from matryoshka.index import MatryoshkaIndex, exact_search
 from matryoshka.index.capacity import best_option, capacity_options
 from matryoshka.index.planner import (
-    CALIBRATION_QUERIES,
     Calibration,
     Candidate,
     PlanError,
@@ -153,8 +152,8 @@ def test_plan_goes_stale_when_the_index_grows(tmp_path, data):
     assert index.saved_plan().is_stale(index.live_rows)
     assert index.search(extra[:2], K).funnel == index.info()["funnel"] == index.store.manifest["funnel"]
     assert index.default_funnel() == index.store.manifest["funnel"]  # a stale plan is no longer the default
-    remade = index.plan(k=K)  # re-made on demand, at the default sample
-    assert remade.calibration == f"{CALIBRATION_QUERIES} held-in rows"
+    remade = index.plan(k=K, sample=100)  # re-made on demand
+    assert remade.calibration == "100 held-in rows" and remade.rows == 1300
     assert not index.saved_plan().is_stale(index.live_rows)
 
 
