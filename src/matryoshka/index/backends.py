@@ -16,8 +16,6 @@ from matryoshka.errors import MatryoshkaError
 if TYPE_CHECKING:
     from matryoshka.index.stages import SearchResult, Stage
 
-MILVUS_SCHEMES = ("http://", "https://", "tcp://", "unix:")
-
 
 class Index(Protocol):
     """What every backend does, with the same signatures and the same :class:`SearchResult`."""
@@ -58,8 +56,9 @@ class Index(Protocol):
 
 
 def is_milvus(target: str | os.PathLike) -> bool:
-    text = str(target)
-    return text.startswith(MILVUS_SCHEMES) or text.endswith(".db")
+    from matryoshka.index.milvus import is_server
+
+    return is_server(target) or str(target).endswith(".db")
 
 
 def backend_for(target: str | os.PathLike) -> type[Index]:

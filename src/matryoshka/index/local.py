@@ -208,8 +208,12 @@ class MatryoshkaIndex:
         if plan is not None and not plan.is_stale(self.live_rows):
             return plan.chosen
         manifest = self.store.manifest
-        fixed = f"binary@{manifest['binary_dim']}:{30 * DEFAULT_K},{manifest['full_dim']}:{DEFAULT_K}"
-        return manifest.get("funnel") or fixed
+        if manifest.get("funnel"):
+            return manifest["funnel"]
+        full_dim = manifest["full_dim"]
+        return stages_text(
+            [Stage(manifest["binary_dim"], 30 * DEFAULT_K, "binary"), Stage(full_dim, DEFAULT_K)], full_dim
+        )
 
     def stages_for(self, funnel: Funnel | None = None, k: int = DEFAULT_K) -> list[Stage]:
         """The stages a search for top-``k`` runs: a funnel as given (text or stages), a plan's

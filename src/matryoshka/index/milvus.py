@@ -63,6 +63,7 @@ INSERT_BATCH = 1000
 BUSY = ("rate limit", "too many requests")  # a server's answers when it throttles
 TEXT_LIMIT = 65535
 PROPERTY = "matryoshka."
+SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")  # other targets are Milvus Lite files
 
 
 class MilvusUnavailable(MatryoshkaError):
@@ -116,7 +117,7 @@ def milvus_errors(what: str, uri: str) -> Iterator[None]:
 
 
 def is_server(target: str) -> bool:
-    return str(target).startswith(("http://", "https://", "tcp://", "unix:"))  # backends.MILVUS_SCHEMES
+    return str(target).startswith(SERVER_SCHEMES)
 
 
 def connect(uri: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):

@@ -364,9 +364,10 @@ class Store:
 
     def adopt(self, manifest: dict) -> None:
         """Use ``manifest`` (just committed, by this process or another) from now on."""
-        self.forget_files()
         if manifest["generation"] != self.manifest["generation"]:
-            self.close()  # the old generation's rows database
+            self.close()  # maps, copies and the old generation's rows database
+        else:
+            self.forget_files()
         self.manifest = manifest
         self._deleted = None
         self._stamp = _manifest_stamp(self.root)
