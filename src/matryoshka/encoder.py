@@ -10,6 +10,7 @@ import numpy as np
 
 from matryoshka.dims import truncate, validate_dim
 from matryoshka.errors import MatryoshkaError
+from matryoshka.layers import keep_layers, validate_layers
 from matryoshka.models import ModelInfo, resolve_model
 from matryoshka.onnx_backend import (
     EXPORT_VERSION,
@@ -50,6 +51,8 @@ class Encoder:
         adapter: a post-hoc adapter (file, directory or :class:`~matryoshka.train.adapter.Adapter`)
             applied to every full-dim vector; by default the one saved in the model directory, if any
             (``False``: none).
+        layers: run only the model's first ``layers`` transformer layers (default: all), for models
+            trained to pool a good embedding there (``matryoshka train --layers``).
 
     Example:
         >>> encoder = Encoder()
@@ -66,8 +69,10 @@ class Encoder:
         backend: str | None = None,
         threads: int | None = None,
         adapter: str | os.PathLike | Adapter | bool | None = None,
+        layers: int | None = None,
     ) -> None:
         self.info: ModelInfo = resolve_model(model)
+        self.layers = validate_layers(layers, self.info.depth, self.info.supported_layers) or self.info.depth
         if backend is None:
             self.device = device or default_device()
             self.backend = default_backend(self.device)
@@ -111,12 +116,28 @@ class Encoder:
         return self.info.full_dim
 
     @property
+    def name(self) -> str:
+        """The model's name, with ``@N-layers`` when it runs cut to its first N layers."""
+        return f"{self.info.name}@{self.cut_layers}-layers" if self.cut_layers else self.info.name
+
+    @property
+    def cut_layers(self) -> int | None:
+        """The layer count the model is cut to, ``None`` when it runs whole."""
+        return self.layers if self.layers != self.info.depth else None
+
+    @property
     def fingerprint(self) -> str:
-        """Identifies the vectors this encoder produces: model files, backend and adapter (torch keeps the
-        bare model fingerprint, so vectors cached before backends existed stay valid)."""
+        """Identifies the vectors this encoder produces: model files, depth, backend and adapter (torch at
+        full depth keeps the bare model fingerprint, so vectors cached before backends existed stay
+        valid)."""
+        return self.fingerprint_at(self.cut_layers)
+
+    def fingerprint_at(self, layers: int | None) -> str:
+        """The fingerprint of this encoder's vectors were it cut to ``layers`` (``None``: whole)."""
+        depth = f"-layers{layers}" if layers and layers != self.info.depth else ""
         backend = "" if self.backend == "torch" else f"-{self.backend}-v{EXPORT_VERSION}"
         adapter = f"-adapter-{self.adapter.hash}" if self.adapter else ""
-        return f"{self.info.fingerprint}{backend}{adapter}"
+        return f"{self.info.fingerprint}{depth}{backend}{adapter}"
 
     @property
     def model(self) -> SentenceTransformer:
@@ -135,7 +156,8 @@ class Encoder:
             import torch
 
             torch.set_num_threads(self.threads)
-        return SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
+        model = SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
+        return keep_layers(model, self.cut_layers)
 
     @property
     def runner(self) -> OnnxRunner:
@@ -143,7 +165,9 @@ class Encoder:
         if self.backend == "torch":
             raise MatryoshkaError("the torch backend has no ONNX session")
         if self._runner is None:
-            self._runner = shared_runner(self.info, self.backend, self._load_model, self.threads)
+            self._runner = shared_runner(
+                self.info, self.backend, self._load_model, self.threads, self.cut_layers
+            )
         return self._runner
 
     def check_dim(self, dim: int | None) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matryoshka.errors import MatryoshkaError
+from matryoshka.layers import depth_of
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 METADATA_FILE = "matryoshka.json"
@@ -41,6 +42,8 @@ class ModelInfo:
     full_dim: int
     supported_dims: tuple[int, ...] | None = None  # None: every prefix 1..full_dim
     extra: dict = field(default_factory=dict, compare=False)
+    depth: int | None = None  # transformer layers
+    supported_layers: tuple[int, ...] | None = None  # None: any first 1..depth layers
 
     @property
     def fingerprint(self) -> str:
@@ -103,12 +106,15 @@ def read_model_info(path: Path, name: str | None = None) -> ModelInfo:
     meta = _read_json(meta_path) if meta_path.exists() else {}
     full_dim = int(meta.get("full_dim") or _full_dim_from_modules(path))
     dims = meta.get("supported_dims")
+    layers = meta.get("layers")
     return ModelInfo(
         name=name or meta.get("name") or path.name,
         path=path,
         full_dim=full_dim,
         supported_dims=tuple(int(d) for d in dims) if dims else None,
         extra=meta,
+        depth=depth_of(path),
+        supported_layers=tuple(int(n) for n in layers) if layers else None,
     )
 
 

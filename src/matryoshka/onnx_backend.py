@@ -54,8 +54,10 @@ def default_backend(device: str) -> str:
     return DEFAULT_CPU_BACKEND if device == "cpu" else "torch"
 
 
-def export_path(info: ModelInfo, backend: str) -> Path:
-    return cache_dir() / "onnx" / f"{info.fingerprint}-{backend}-v{EXPORT_VERSION}.onnx"
+def export_path(info: ModelInfo, backend: str, layers: int | None = None) -> Path:
+    """Where the export of ``info``'s model (cut to its first ``layers`` layers, if given) is cached."""
+    model = f"{info.fingerprint}-layers{layers}" if layers else info.fingerprint
+    return cache_dir() / "onnx" / f"{model}-{backend}-v{EXPORT_VERSION}.onnx"
 
 
 def _digest(path: Path) -> str:
@@ -78,9 +80,15 @@ def is_intact(path: Path) -> bool:
         return False
 
 
-def ensure_export(info: ModelInfo, backend: str, load_model: Callable[[], SentenceTransformer]) -> Path:
-    """Path of the cached ONNX file for ``backend``, built (from ``load_model()``) if missing or damaged."""
-    path = export_path(info, check_backend(backend))
+def ensure_export(
+    info: ModelInfo,
+    backend: str,
+    load_model: Callable[[], SentenceTransformer],
+    layers: int | None = None,
+) -> Path:
+    """Path of the cached ONNX file for ``backend``, built (from ``load_model()``, which returns the
+    model already cut to ``layers``) if missing or damaged."""
+    path = export_path(info, check_backend(backend), layers)
     if backend == "torch":
         raise MatryoshkaError("the torch backend has no ONNX export")
     if is_intact(path):
@@ -91,7 +99,7 @@ def ensure_export(info: ModelInfo, backend: str, load_model: Callable[[], Senten
         if backend == "onnx":
             _export_fp32(load_model(), temporary)
         else:
-            _quantise_int8(ensure_export(info, "onnx", load_model), temporary)
+            _quantise_int8(ensure_export(info, "onnx", load_model, layers), temporary)
         digest = _digest(temporary)
         os.replace(temporary, path)  # atomic: other processes see the old file or the whole new one
     finally:
@@ -187,17 +195,21 @@ def load_tokenizer(info: ModelInfo) -> tuple[Tokenizer, bool]:
     return tokenizer, bool(config.get("do_lower_case", False))
 
 
-_RUNNERS: dict[tuple[str, str, int | None], OnnxRunner] = {}
+_RUNNERS: dict[tuple[str, str, int | None, int | None], OnnxRunner] = {}
 
 
 def shared_runner(
-    info: ModelInfo, backend: str, load_model: Callable[[], SentenceTransformer], threads: int | None = None
+    info: ModelInfo,
+    backend: str,
+    load_model: Callable[[], SentenceTransformer],
+    threads: int | None = None,
+    layers: int | None = None,
 ) -> OnnxRunner:
-    """One session per model, backend and thread count in a process: encoders share it (sessions are
-    thread-safe), so making another Encoder costs no export check and no session load."""
-    key = (info.fingerprint, backend, threads)
+    """One session per model, depth, backend and thread count in a process: encoders share it (sessions
+    are thread-safe), so making another Encoder costs no export check and no session load."""
+    key = (info.fingerprint, backend, threads, layers)
     if key not in _RUNNERS:
-        _RUNNERS[key] = OnnxRunner(info, backend, load_model, threads)
+        _RUNNERS[key] = OnnxRunner(info, backend, load_model, threads, layers)
     return _RUNNERS[key]
 
 
@@ -210,10 +222,11 @@ class OnnxRunner:
         backend: str,
         load_model: Callable[[], SentenceTransformer],
         threads: int | None = None,
+        layers: int | None = None,
     ) -> None:
         import onnxruntime
 
-        self.path = ensure_export(info, backend, load_model)
+        self.path = ensure_export(info, backend, load_model, layers)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1

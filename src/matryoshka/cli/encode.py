@@ -34,6 +34,7 @@ def encode(
         None, "--backend", help=f"One of {', '.join(BACKENDS)} (default: the fastest that passed on CPU)."
     ),
     adapter: Path | None = typer.Option(None, "--adapter", help="Post-hoc adapter to apply (file or dir)."),
+    layers: int | None = typer.Option(None, "--layers", help="Run only the first N transformer layers."),
     engine: str = typer.Option(
         "local", "--engine", help="local, or ray: parquet shards into the folder --out."
     ),
@@ -48,10 +49,12 @@ def encode(
     if engine not in ("local", "ray"):
         raise MatryoshkaError(f"unknown engine {engine!r}: use local or ray")
     if engine == "ray":
+        if layers is not None:
+            raise MatryoshkaError("--engine ray runs the whole model: --layers needs --engine local")
         return encode_on_ray_cli(input, out, dim, precision, model, workers, field, batch_size, backend,
                                  adapter, shard_bytes)  # fmt: skip
     check_output(out)  # before the model loads and every text is encoded
-    encoder = Encoder(model, batch_size=batch_size, backend=backend, adapter=adapter)
+    encoder = Encoder(model, batch_size=batch_size, backend=backend, adapter=adapter, layers=layers)
     dim = encoder.check_dim(dim)  # fail on a bad dim before reading or encoding anything
     texts = read_texts(input, field)
     result = encoder.encode(texts, dim=dim, precision=precision)

@@ -26,9 +26,10 @@ def run_eval(
     baselines: list[str],
     out: Path | None,
     console: Console,
+    layers: int | None = None,
 ) -> dict:
     """Evaluate, write the report files and return the report (shared by the verb and the demo)."""
-    encoders = [Encoder(model, show_progress=True) for model in models]
+    encoders = [Encoder(model, show_progress=True, layers=layers) for model in models]
     for encoder in encoders:  # fail on a bad dim before reading data or encoding anything
         for dim in dims:
             encoder.check_dim(dim)
@@ -53,13 +54,20 @@ def eval_command(
         "truncate,pca", "--baselines", "-b", help="Comma-separated: truncate, pca ('' for none)."
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json, report.md and plots."),
+    layers: int | None = typer.Option(None, "--layers", help="Run the models' first N transformer layers."),
     as_json: bool = typer.Option(False, "--json", help="Print the report JSON to stdout."),
 ) -> None:
     """Quality, retention and cost of each dim (with baselines), as a table, report files and plots."""
     models: list[str | None] = [*(model or [None]), *(compare or [])]
     console = Console(stderr=as_json)
     report = run_eval(
-        models, task, parse_dims(dims), [b.strip() for b in baselines.split(",") if b.strip()], out, console
+        models,
+        task,
+        parse_dims(dims),
+        [b.strip() for b in baselines.split(",") if b.strip()],
+        out,
+        console,
+        layers,
     )
     if as_json:
         typer.echo(to_json(report))

@@ -98,6 +98,7 @@ def build(
     corpus: Path | None = typer.Argument(None, help="JSONL corpus (text and _id fields) or a text file."),
     out: str | None = typer.Option(None, "--out", "-o", help="Index to create or resume: " + TARGET_HELP),
     model: str | None = typer.Option(None, "--model", "-m", help="Model name or directory."),
+    layers: int | None = typer.Option(None, "--layers", help="Encode with the first N transformer layers."),
     vectors: Path | None = typer.Option(
         None,
         "--vectors",
@@ -130,6 +131,8 @@ def build(
         raise MatryoshkaError("give --out (the index: " + TARGET_HELP + ")")
     if engine not in ("local", "ray"):
         raise MatryoshkaError(f"unknown engine {engine!r}: use local or ray")
+    if layers is not None and (corpus is None or engine == "ray"):
+        raise MatryoshkaError("--layers applies to a corpus encoded here (--engine local)")
     if engine == "ray":
         if corpus is None:
             raise MatryoshkaError("--engine ray encodes a corpus: give one (shards load with --vectors)")
@@ -139,6 +142,10 @@ def build(
     ids, text_list = (encoded[0], encoded[1]) if encoded else read_corpus(corpus, field)
     array, made_by = (encoded[2], encoded[3]) if encoded else (None, None)
     model = model or (made_by or {}).get("model_path")
+    if layers is not None:
+        from matryoshka.encoder import Encoder
+
+        model = Encoder(model, layers=layers)
     if rotate and (array is None or is_milvus(out) or made_by):
         raise MatryoshkaError("--rotate is fitted on --vectors (a .npy) and kept by a local index directory")
     milvus = {"collection": collection, "token": token, "prefix_dim": prefix_dim, "index_type": index_type}

@@ -13,10 +13,11 @@ from matryoshka.onnx_backend import default_backend
 
 @user_errors
 def models() -> None:
-    """List known models (built-in and under ./models or $MATRYOSHKA_MODELS), their dims and the
+    """List known models (built-in and under ./models or $MATRYOSHKA_MODELS), their dims, layers and the
     backend `encode`, `index build` and `serve` run them with by default."""
     backend = default_backend(default_device())
-    table = Table("name", "full dim", "supported dims", "backend", "path")
+    table = Table("name", "full dim", "supported dims", "layers", "backend", "path")
     for info in list_models():
-        table.add_row(info.name, str(info.full_dim), info.dims_label, backend, str(info.path))
+        layers = ",".join(map(str, info.supported_layers or ())) or f"any 1..{info.depth or '?'}"
+        table.add_row(info.name, str(info.full_dim), info.dims_label, layers, backend, str(info.path))
     Console().print(table)

@@ -28,12 +28,19 @@ def search(
     latency_ms: float | None = typer.Option(
         None, "--latency-ms", help="Saved plan's most accurate funnel within this many ms per query."
     ),
+    query_layers: int | None = typer.Option(
+        None, "--query-layers", help="Encode the query with the model's first N layers (any documents')."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print results and stage stats as JSON."),
     collection: str = COLLECTION,
     token: str | None = TOKEN,
 ) -> None:
     """Search an index; without options it runs the index's default funnel."""
     index = open_target(index_target, collection, token)
+    if query_layers is not None:
+        from matryoshka.encoder import Encoder
+
+        index.use_encoder(Encoder(index.encoder.info.path, layers=query_layers), any_layers=True)
     chosen = [name for name, value in (("--funnel", funnel), ("--dim", dim), ("--plan", plan or None),
               ("--recall", recall), ("--latency-ms", latency_ms)) if value is not None]  # fmt: skip
     if len(chosen) > 1:

@@ -16,6 +16,10 @@ from matryoshka.errors import MatryoshkaError
 def serve(
     model: str | None = typer.Option(None, "--model", "-m", help="Model name or directory."),
     index: Path | None = typer.Option(None, "--index", help="Index directory to search (POST /v1/search)."),
+    layers: int | None = typer.Option(None, "--layers", help="Run only the model's first N layers."),
+    mixed_layers: bool = typer.Option(
+        False, "--mixed-layers", help="Search an --index whose documents came from another depth."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; non-loopback needs --api-key."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     api_key: str | None = typer.Option(
@@ -62,12 +66,12 @@ def serve(
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
     # Mini-batches of length-sorted texts pad little: 64 mixed STS-B sentences took ~1.0 s in passes of 16
     # against ~2.4 s in one pass of 64 and ~1.9 s one by one (one thread, shared machine).
-    encoder = Encoder(model, batch_size=encode_batch)
+    encoder = Encoder(model, batch_size=encode_batch, layers=layers)
     opened = None
     if index is not None:
         from matryoshka.server.search import IndexService
 
-        opened = IndexService(index, encoder)
+        opened = IndexService(index, encoder, any_layers=mixed_layers)
         if not opened.index.store.manifest["source"].get("model"):
             typer.echo(
                 f"warning: {index} holds vectors from no recorded model: /v1/search refuses text queries",
@@ -76,5 +80,5 @@ def serve(
     engine = EmbeddingEngine(encoder, max_batch, max_queue, batch_wait_ms, timeout)
     limits = Limits(max_items, max_chars, max_body)
     app = create_app(engine, opened, api_key, limits)
-    typer.echo(f"serving {encoder.info.name} on http://{host}:{port}/", err=True)
+    typer.echo(f"serving {encoder.name} on http://{host}:{port}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options(limits))

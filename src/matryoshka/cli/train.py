@@ -29,6 +29,11 @@ def train(
     format: str | None = typer.Option(None, "--format", help="stsb, pairs or beir (default: detected)."),
     loss: str | None = typer.Option(None, "--loss", help="infonce or cosent (default: from the data)."),
     dims: str = typer.Option("384,256,128,64,32,16,8", "--dims", help="Prefix dims the model serves."),
+    layers: str | None = typer.Option(
+        None,
+        "--layers",
+        help="2D: layer counts to train too (e.g. 2,3,4,6), the largest with the largest dims; no fold.",
+    ),
     multi_scale: bool | None = typer.Option(
         None,
         "--multi-scale/--full-dim-only",
@@ -70,6 +75,7 @@ def train(
         format=format,
         loss=loss,
         dims=tuple(parse_dims(dims)),
+        layers=tuple(parse_dims(layers)) if layers else None,
         multi_scale=multi_scale,
         adapter=adapter,
         weights=parse_weights(weights),

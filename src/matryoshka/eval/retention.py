@@ -167,7 +167,7 @@ def evaluate(
     dims = _checked_dims(dims, [*encoders, *([base_encoder] if baselines else [])])
     report: dict = {"task": task.name, "task_size": task.size, "metric": task.metric, "dims": dims}
     series, notes, encode_seconds, model_blocks = [], [], {}, []
-    names = _unique([encoder.info.name for encoder in encoders])
+    names = _unique([encoder.name for encoder in encoders])
     for encoder, name in zip(encoders, names, strict=True):
         encode_started = time.perf_counter()
         blocks = task.embed(encoder)

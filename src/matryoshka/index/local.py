@@ -195,10 +195,11 @@ class MatryoshkaIndex:
         assert self._encoder is not None
         return self._encoder
 
-    def use_encoder(self, encoder: Encoder) -> None:
-        """Encode text queries with ``encoder``; refused unless it is the model that made the index."""
+    def use_encoder(self, encoder: Encoder, any_layers: bool = False) -> None:
+        """Encode text queries with ``encoder``; refused unless it is the model that made the index (at
+        the same depth, unless ``any_layers``)."""
         source = self.store.manifest["source"]
-        self._encoder = checked_encoder(encoder, source, self.store.full_dim, "search an index")
+        self._encoder = checked_encoder(encoder, source, self.store.full_dim, "search an index", any_layers)
 
     def default_funnel(self) -> str | Candidate:
         """What a search with no funnel runs: the saved plan's choice while the index has not outgrown

@@ -417,10 +417,11 @@ class MilvusIndex:
         assert self._encoder is not None
         return self._encoder
 
-    def use_encoder(self, encoder: Encoder) -> None:
-        """Encode text queries with ``encoder``; refused unless it is the model that made the vectors."""
+    def use_encoder(self, encoder: Encoder, any_layers: bool = False) -> None:
+        """Encode text queries with ``encoder``; refused unless it is the model that made the vectors (at
+        the same depth, unless ``any_layers``)."""
         refusal = f"use collection {self.collection!r}"
-        self._encoder = checked_encoder(encoder, self.properties, self.full_dim, refusal)
+        self._encoder = checked_encoder(encoder, self.properties, self.full_dim, refusal, any_layers)
 
     def stages_for(self, funnel: str | list[Stage] | None = None, k: int = 10) -> list[Stage]:
         """The funnel's stages: ``prefix:k*20 -> full:k`` by default; the prefix or the full dim alone is
@@ -529,7 +530,7 @@ class MilvusIndex:
             "uri": self.uri,
             "collection": self.collection,
             "full_collection": self.full_collection,
-            "source": {key: self.properties.get(key) for key in ("model", "fingerprint")},
+            "source": {key: self.properties.get(key) for key in ("model", "fingerprint", "layers")},
             "full_dim": self.full_dim,
             "prefix_dim": self.prefix_dim,
             "prefix_field": self.prefix_field,

@@ -13,13 +13,14 @@ if TYPE_CHECKING:
     from matryoshka.encoder import Encoder
 
 
-def encoder_for(model: str | os.PathLike | Encoder) -> Encoder:
-    """``model`` if it is an encoder already, else the encoder loaded from that name or path."""
+def encoder_for(model: str | os.PathLike | Encoder, layers: int | str | None = None) -> Encoder:
+    """``model`` if it is an encoder already, else the encoder loaded from that name or path (cut to
+    ``layers``, as recorded)."""
     if hasattr(model, "fingerprint"):
         return model
     from matryoshka.encoder import Encoder
 
-    return Encoder(model)
+    return Encoder(model, layers=int(layers) if layers else None)
 
 
 def model_source(
@@ -36,21 +37,29 @@ def model_source(
         raise DimensionError(
             f"model {encoder.info.name} makes {encoder.full_dim}-dim vectors, not {full_dim}"
         )
-    return encoder, encoder.full_dim, {"model": encoder.info.reference, "fingerprint": encoder.fingerprint}
+    recorded = {"model": encoder.info.reference, "fingerprint": encoder.fingerprint}
+    if encoder.cut_layers:
+        recorded["layers"] = str(encoder.cut_layers)
+    return encoder, encoder.full_dim, recorded
 
 
 def recorded_encoder(source: Mapping[str, str | None], holder: str) -> Encoder:
     """The encoder of the model ``source`` records; a ``holder`` of bare vectors has none."""
     if not source.get("model"):
         raise MatryoshkaError(f"this {holder} holds vectors from no recorded model: search it with vectors")
-    return encoder_for(source["model"])
+    return encoder_for(source["model"], source.get("layers"))
 
 
-def checked_encoder(encoder: Encoder, source: Mapping, full_dim: int, refusal: str) -> Encoder:
+def checked_encoder(
+    encoder: Encoder, source: Mapping, full_dim: int, refusal: str, any_layers: bool = False
+) -> Encoder:
     """``encoder``, refused (``refusal`` says what it cannot do) unless it has the fingerprint ``source``
-    records, if any, and makes ``full_dim``-dim vectors."""
+    records, if any, and makes ``full_dim``-dim vectors; ``any_layers`` lets queries be encoded at
+    another depth of the same model than the documents were."""
     fingerprint = source.get("fingerprint")
-    if fingerprint and encoder.fingerprint != fingerprint:
+    layers = int(source["layers"]) if source.get("layers") else None
+    seen = encoder.fingerprint_at(layers) if any_layers else encoder.fingerprint
+    if fingerprint and seen != fingerprint:
         raise MatryoshkaError(
             f"queries from model {encoder.info.name} ({encoder.fingerprint}) cannot {refusal} of vectors "
             f"from {source.get('model')} ({fingerprint})"

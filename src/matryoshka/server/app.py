@@ -66,9 +66,10 @@ def create_app(
     metrics = ServerMetrics()
     engine.on_batch = metrics.batch_size.observe
     metrics.queue_depth.set_function(lambda: engine.admitted)
-    info = engine.encoder.info
-    model_names = {info.name, str(info.path)} | {
-        alias for alias, name in ALIASES.items() if name == info.name
+    info, served = engine.encoder.info, engine.encoder.name
+    depth = served.removeprefix(info.name)  # "@3-layers" for a model cut to 3 layers, else ""
+    model_names = {served} | {
+        f"{alias}{depth}" for alias in [str(info.path), *(a for a, n in ALIASES.items() if n == info.name)]
     }
     curve: dict[str, Any] = {}
     curve_lock = asyncio.Lock()
@@ -123,7 +124,7 @@ def create_app(
         if name not in model_names:
             raise ApiError(
                 404,
-                f"model {name!r} is not served here; this server serves {info.name!r}",
+                f"model {name!r} is not served here; this server serves {served!r}",
                 "model",
                 "model_not_found",
             )
@@ -160,14 +161,20 @@ def create_app(
             values = vectors.tolist()
         return EmbeddingResponse(
             data=[Embedding(index=i, embedding=value) for i, value in enumerate(values)],
-            model=info.name,
+            model=served,
             usage=Usage(prompt_tokens=sum(tokens), total_tokens=sum(tokens)),
         )
 
     @app.get("/v1/models", response_model=ModelList, dependencies=guarded)
     async def models() -> ModelList:
         dims = sorted(info.supported_dims, reverse=True) if info.supported_dims else None
-        return ModelList(data=[ModelCard(id=info.name, full_dim=info.full_dim, supported_dims=dims)])
+        return ModelList(
+            data=[
+                ModelCard(
+                    id=served, full_dim=info.full_dim, supported_dims=dims, layers=engine.encoder.cut_layers
+                )
+            ]
+        )
 
     @app.post(
         "/v1/search",
@@ -256,7 +263,7 @@ def create_app(
             return {"status": "ok"}
         return {
             "status": "ok",
-            "model": info.name,
+            "model": served,
             "full_dim": info.full_dim,
             "queue_texts": engine.admitted,
             "max_queue": engine.max_queue,

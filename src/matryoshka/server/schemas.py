@@ -57,6 +57,7 @@ class ModelCard(BaseModel):
     owned_by: str = "matryoshka"
     full_dim: int
     supported_dims: list[int] | None = Field(description="Declared dims; null means any prefix 1..full_dim.")
+    layers: int | None = Field(None, description="Transformer layers run per text; null means all.")
 
 
 class ModelList(BaseModel):

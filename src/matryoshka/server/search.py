@@ -22,16 +22,18 @@ from matryoshka.index import MatryoshkaIndex
 class IndexService:
     """An index directory opened for serving text queries of ``encoder``'s model."""
 
-    def __init__(self, path: str | os.PathLike, encoder: Encoder) -> None:
+    def __init__(self, path: str | os.PathLike, encoder: Encoder, any_layers: bool = False) -> None:
         self.path = Path(path)
         self.name = self.path.name
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matryoshka-index")
-        self.index, self.default_funnel, self.rows = self._thread.submit(self._open, encoder).result()
+        self.index, self.default_funnel, self.rows = self._thread.submit(
+            self._open, encoder, any_layers
+        ).result()
         self.dtype = self.index.store.manifest["dtype"]
 
-    def _open(self, encoder: Encoder) -> tuple[MatryoshkaIndex, str, int]:
+    def _open(self, encoder: Encoder, any_layers: bool) -> tuple[MatryoshkaIndex, str, int]:
         index = MatryoshkaIndex.open(self.path)
-        index.use_encoder(encoder)  # refuses an index built from another model's vectors
+        index.use_encoder(encoder, any_layers)  # refuses an index built from another model's vectors
         info = index.info()
         if info["live"] == 0:
             raise MatryoshkaError(f"index {self.path} is empty: add documents before serving it")

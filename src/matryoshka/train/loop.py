@@ -19,7 +19,9 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformerTrainer
 
 from matryoshka.errors import MatryoshkaError
+from matryoshka.layers import layer_stack
 from matryoshka.train.data import TrainingData, load_training_data
+from matryoshka.train.layer_loss import LayerDimLoss, ladder
 from matryoshka.train.losses import MatryoshkaTrainingLoss
 from matryoshka.train.report import write_report
 from matryoshka.train.schedules import DimSchedule
@@ -51,6 +53,7 @@ class TrainConfig:
     format: str | None = None
     loss: str | None = None  # infonce / cosent; None: cosent for scored pairs, infonce otherwise
     dims: tuple[int, ...] = DEFAULT_DIMS  # the dims the saved model serves
+    layers: tuple[int, ...] | None = None  # 2D: also these layer counts, as a ladder with the dims
     multi_scale: bool | None = None  # loss on every dim; None: CoSENT yes, InfoNCE full dim only
     adapter: bool = True  # fit a linear adapter on the training texts and fold it into the model
     weights: str | tuple[float, ...] = "uniform"
@@ -101,7 +104,7 @@ class MatryoshkaTrainer(SentenceTransformerTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._dim_counts:
             logs = dict(logs)
-            for key in sorted(self._dim_counts, key=lambda k: (k.split("_")[0], -int(k.split("_")[1]))):
+            for key in sorted(self._dim_counts, key=_term_order):
                 logs[key] = round(self._dim_sums[key] / self._dim_counts[key], 4)
             self._dim_sums.clear()
             self._dim_counts.clear()
@@ -118,6 +121,12 @@ class MatryoshkaTrainer(SentenceTransformerTrainer):
                 )
 
 
+def _term_order(key: str) -> tuple:
+    """``loss_384`` before ``loss_64``; ``loss_6x384`` before ``loss_3x128``; losses before distills."""
+    kind, _, sizes = key.partition("_")
+    return kind, [-int(size) for size in sizes.split("x")]
+
+
 def _device_options() -> dict:
     import torch
 
@@ -126,12 +135,15 @@ def _device_options() -> dict:
     return {"use_cpu": True}
 
 
-def build_loss(config: TrainConfig, st, data: TrainingData) -> MatryoshkaTrainingLoss:
+def build_loss(config: TrainConfig, st, data: TrainingData) -> MatryoshkaTrainingLoss | LayerDimLoss:
     base = config.loss or ("cosent" if data.kind == "scored" else "infonce")
     if base == "cosent" and data.kind != "scored":
         raise MatryoshkaError("the cosent loss needs scored pairs (--format stsb); use --loss infonce")
     if base == "infonce" and data.kind == "scored":
         raise MatryoshkaError("scored pairs need --loss cosent; infonce takes (anchor, positive) pairs")
+    if config.layers:
+        pairs = ladder(config.layers, config.dims, len(layer_stack(st)))
+        return LayerDimLoss(st, base, pairs, config.distill, config.temperature, config.symmetric)
     weights = config.weights if isinstance(config.weights, str) else list(config.weights)
     return MatryoshkaTrainingLoss(
         st,
@@ -193,7 +205,7 @@ def train(config: TrainConfig) -> dict:
     )
     loss = build_loss(config, model.st, data)
     phases = config.phases or max(1, round(config.epochs))
-    schedule = DimSchedule(config.schedule, loss.dims, phases, loss)
+    schedule = None if config.layers else DimSchedule(config.schedule, loss.dims, phases, loss)
     served = sorted(set(config.dims), reverse=True)
     evaluator = DimEvaluator(dev, served) if dev is not None else None
     save = (
@@ -225,7 +237,7 @@ def train(config: TrainConfig) -> dict:
         train_dataset=data.to_dataset(),
         loss=loss,
         evaluator=evaluator,
-        callbacks=[schedule],
+        callbacks=[schedule] if schedule else [],
     )
     if not config.resume and trainer.is_world_process_zero():
         checkpoints.mkdir(parents=True, exist_ok=True)
@@ -234,13 +246,15 @@ def train(config: TrainConfig) -> dict:
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
     recipe = {k: v for k, v in asdict(config).items() if k not in ("out", "resume", "extra")}
-    recipe["schedule"] = schedule_ran(config.schedule, loss.dims)  # what ran, not only what was asked
+    # what ran, not only what was asked
+    recipe["schedule"] = schedule_ran(config.schedule, loss.dims) if schedule else "every pair"
     adapter = _fold_adapter(config, model.st, data) if trainer.is_world_process_zero() else None
     metadata = {
         "supported_dims": served if adapter else loss.dims,
         "adapter": adapter,
         "loss": loss.get_config_dict(),
-        "schedule": schedule.describe(),
+        "schedule": schedule.describe() if schedule else None,
+        **({"layers": loss.layers} if config.layers else {}),
         "recipe": recipe,
         "data": {"source": data.source, "examples": len(data), **data.info},
         "seed": config.seed,
@@ -258,7 +272,7 @@ def train(config: TrainConfig) -> dict:
 
 def _fold_adapter(config: TrainConfig, st, data: TrainingData) -> dict | None:
     """The recipe's second step (train/fold.py); returns what the model's metadata records of it."""
-    if not config.adapter:
+    if not config.adapter or config.layers:  # the fold is fitted at full depth: it would not nest layers
         return None
     import torch
 
@@ -293,6 +307,8 @@ def validate(config: TrainConfig) -> None:
         raise MatryoshkaError(f"dims must be positive integers, got {list(config.dims)}")
     weights = config.weights if isinstance(config.weights, str) else list(config.weights)
     dim_weights(sorted(set(config.dims), reverse=True), weights)
+    if config.layers is not None and (not config.layers or any(n < 1 for n in config.layers)):
+        raise MatryoshkaError(f"--layers must be positive layer counts, got {list(config.layers)}")
     if config.dims_per_step is not None and config.dims_per_step < 1:
         raise MatryoshkaError("--dims-per-step must be at least 1")
     if config.limit is not None and config.limit < 1:
