@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", default=",".join(ROWS))
     parser.add_argument("--fresh", action="store_true", help="retrain rows with stored results")
-    parser.add_argument("--smoke", action="store_true", help="1%% of an epoch, STS-B only; writes nothing")
+    parser.add_argument("--smoke", action="store_true", help="1%% of an epoch, STS-B only, no docs section")
     parser.add_argument("--worker")
     parser.add_argument("--result-file", type=Path)
     args = parser.parse_args()

@@ -123,3 +123,16 @@ def test_eval_scores_the_cut_model():
     assert [(s["name"], round(s["rows"][0]["score"], 4)) for s in series] == [
         ("all-MiniLM-L6-v2@2-layers", round(expected, 4))
     ]
+
+
+def test_a_cut_model_saved_by_sentence_transformers_loads_with_its_depth(tmp_path, sentences):
+    from sentence_transformers import SentenceTransformer
+
+    from matryoshka.layers import keep_layers
+
+    st = SentenceTransformer(str(resolve_model().path), device="cpu", local_files_only=True)
+    keep_layers(st, 3).save(str(tmp_path / "cut3"))
+    info = resolve_model(tmp_path / "cut3")
+    assert (info.full_dim, info.depth, info.supported_layers) == (384, 3, None)
+    found = Encoder(tmp_path / "cut3", backend="torch").encode(sentences[:8])
+    np.testing.assert_allclose(found, Encoder(backend="torch", layers=3).encode(sentences[:8]), atol=1e-6)

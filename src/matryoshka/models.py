@@ -89,7 +89,8 @@ def _full_dim_from_modules(path: Path) -> int:
         config_path = path / module.get("path", "") / "config.json"
         kind = module.get("type", "")
         if kind.endswith("Pooling") and config_path.exists():
-            full_dim = _read_json(config_path).get("word_embedding_dimension", full_dim)
+            config = _read_json(config_path)  # sentence-transformers 6 writes embedding_dimension
+            full_dim = config.get("word_embedding_dimension") or config.get("embedding_dimension") or full_dim
         elif kind.endswith("Dense") and config_path.exists():
             full_dim = _read_json(config_path).get("out_features", full_dim)
     if not full_dim:
