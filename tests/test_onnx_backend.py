@@ -1,5 +1,6 @@
 """ONNX backends: vectors against the torch reference on real sentences, and the export cache."""
 
+import json
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ from matryoshka.onnx_backend import (
     ensure_export,
     export_path,
     is_intact,
+    length_batches,
 )
 
 # Per backend: (elementwise atol, min cosine) against torch on the same texts. fp32 is the same
@@ -35,6 +37,27 @@ def built_exports(encoder):
 
 def refuse_to_load():
     raise AssertionError("the export was rebuilt from the torch model")
+
+
+def test_batches_cap_rows_and_padded_tokens_and_cover_every_text_once():
+    lengths = np.array([256, 12, 40, 256, 9, 130, 12, 70, 256, 33] * 7)
+    batches = length_batches(lengths, batch_size=8, tokens_per_batch=512)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert all(len(batch) <= 8 and len(batch) * lengths[batch].max() <= 512 for batch in batches)
+    assert [len(batch) for batch in batches][-3:] == [2, 2, 2]  # 256-token texts go 2 per batch
+    assert max(lengths[batches[0]]) <= min(lengths[batches[-1]])  # shortest first: little padding
+    assert [len(b) for b in length_batches(np.array([900, 5]), 8, 512)] == [1, 1]  # one row always
+
+
+def test_long_and_short_texts_in_one_call_match_torch(sentences):
+    from matryoshka.datasets import data_path
+
+    with data_path("scifact", "corpus.jsonl").open(encoding="utf-8") as handle:
+        passages = [json.loads(next(handle))["text"] for _ in range(12)]
+    texts = [text for pair in zip(passages, sentences[:12], strict=True) for text in pair]
+    reference = Encoder(device="cpu", backend="torch", batch_size=64).encode_full(texts)
+    vectors = Encoder(device="cpu", backend="onnx", batch_size=64).encode_full(texts)
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
