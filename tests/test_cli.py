@@ -44,8 +44,9 @@ def test_encode_jsonl_int8(tmp_path, sentences, encoder):
     assert cosine.min() > 0.99
 
 
-def test_models_lists_default():
-    result = runner.invoke(app, ["models"])
+@pytest.mark.parametrize("columns", ["200", "60"])
+def test_models_lists_default(columns):
+    result = runner.invoke(app, ["models"], env={"COLUMNS": columns})  # a narrow terminal too
     assert result.exit_code == 0
     assert "all-MiniLM-L6-v2" in result.output and "384" in result.output
 

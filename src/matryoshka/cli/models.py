@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from matryoshka.cli._common import user_errors
 from matryoshka.encoder import default_device
@@ -16,7 +16,9 @@ def models() -> None:
     """List known models (built-in and under ./models or $MATRYOSHKA_MODELS), their dims, layers and the
     backend `encode`, `index build` and `serve` run them with by default."""
     backend = default_backend(default_device())
-    table = Table("name", "full dim", "supported dims", "layers", "backend", "path")
+    # Names never wrap (they are what users type); a long path folds onto more lines instead.
+    columns = [Column("name", no_wrap=True), "full dim", "supported dims", "layers", "backend"]
+    table = Table(*columns, Column("path", overflow="fold"))
     for info in list_models():
         layers = ",".join(map(str, info.supported_layers or ())) or f"any 1..{info.depth or '?'}"
         table.add_row(info.name, str(info.full_dim), info.dims_label, layers, backend, str(info.path))
