@@ -35,16 +35,21 @@ def model_path(row: str) -> Path | None:
     return None if row == "base" else cache_dir() / "train_2d" / row
 
 
-def score(task, model: Path | None, query_layers: int, doc_layers: int, dim: int) -> float:
-    """``task``'s metric with its query side (STS-B: each pair's first sentence) encoded at
-    ``query_layers`` and its document side (the second sentence; the corpus) at ``doc_layers``."""
+def by_depth(task, model: Path | None) -> dict[int, dict]:
+    """``task``'s blocks (from the embedding cache when bench/train_2d.py filled it) at every depth used."""
     from matryoshka import Encoder
 
-    def blocks(layers: int) -> dict:
-        return task.embed(Encoder(model, layers=layers, backend="onnx", threads=1, show_progress=False))
+    def encoder(layers: int) -> Encoder:
+        return Encoder(model, layers=layers, backend="onnx", threads=1, show_progress=False)
 
+    return {n: task.embed(encoder(n)) for n in {6, *(layers for layers, _ in POINTS)}}
+
+
+def score(task, blocks: dict[int, dict], query_layers: int, doc_layers: int, dim: int) -> float:
+    """``task``'s metric with its query side (STS-B: each pair's first sentence) at ``query_layers`` and
+    its document side (the second sentence; the corpus) at ``doc_layers``."""
     query_side, doc_side = SIDES[task.metric]
-    mixed = {query_side: blocks(query_layers)[query_side], doc_side: blocks(doc_layers)[doc_side]}
+    mixed = {query_side: blocks[query_layers][query_side], doc_side: blocks[doc_layers][doc_side]}
     return round(float(task.score(mixed, dim)[task.metric]), 2)
 
 
@@ -58,11 +63,11 @@ def main() -> None:
     trained = json.loads((RESULTS_DIR / "train_2d.json").read_text())
     body = []
     for row in [r for r in MODELS if r in trained]:
-        model = model_path(row)
         for name, task in tasks.items():
-            cells = [score(task, model, 6, 6, 384)]
+            blocks = by_depth(task, model_path(row))
+            cells = [score(task, blocks, 6, 6, 384)]
             for layers, dim in POINTS:
-                cells += [score(task, model, layers, 6, dim), score(task, model, layers, layers, dim)]
+                cells += [score(task, blocks, layers, 6, dim), score(task, blocks, layers, layers, dim)]
             body.append([ROWS[row][0], name, *cells])
             print(body[-1], flush=True)
     headers = ["model", "set", "6L q + 6L docs, 384"]

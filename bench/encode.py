@@ -77,21 +77,15 @@ def worker(backend: str, args: argparse.Namespace) -> None:
     """Encode both text sets with one backend; write vectors and wall times (model load not timed)."""
     threads, batch_size, out = args.threads, args.batch_size, args.out
     texts = json.loads(args.texts_file.read_text())
-    if backend in PEERS:
-        model = st_onnx_model(backend, threads, args.model_path, args.peer_dir)
+    if backend in PEERS or backend == "sentence-transformers":
+        if backend in PEERS:
+            model = st_onnx_model(backend, threads, args.model_path, args.peer_dir)
+        else:
+            import torch
+            from sentence_transformers import SentenceTransformer
 
-        def encode(batch: list[str]) -> np.ndarray:
-            return model.encode(
-                batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
-            )
-    elif backend == "sentence-transformers":
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        from matryoshka.models import resolve_model
-
-        torch.set_num_threads(threads)
-        model = SentenceTransformer(str(resolve_model().path), device="cpu", local_files_only=True)
+            torch.set_num_threads(threads)
+            model = SentenceTransformer(args.model_path, device="cpu", local_files_only=True)
 
         def encode(batch: list[str]) -> np.ndarray:
             return model.encode(
